@@ -1,0 +1,58 @@
+"""Connecting to Ray: a local cluster on a laptop, or the running cluster under `ray job submit`.
+
+Actors get the cache environment (rlpost/cache.py) through the job's runtime_env, so every
+process on every node builds into and reuses the same cache folder layout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from rlpost.cache import cache_env
+from rlpost.config import doc
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Attach to the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a
+    private local one with this machine's cores."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": cache_env()}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=True, configure_logging=False)
+
+
+@dataclass
+class VLLMConfig:
+    num_workers: int = doc("Rollout workers (one vLLM engine each).", 1)
+    num_cpus: float = doc("Ray CPUs reserved per rollout worker; fractions let phases time-share a small box.", 1.0)
+    num_gpus: float = doc("GPUs per rollout worker (0 on CPU).", 0.0)
+    dtype: str = doc("Engine dtype: 'bfloat16' (fast on AVX-512-bf16 CPUs and GPUs) or 'float32'.", "bfloat16")
+    max_model_len: int = doc("Prompt + completion tokens the engine accepts.", 1024)
+    kv_cache_gib: float = doc("KV cache size in GiB (committed at start on CPU).", 1.0)
+    enforce_eager: bool = doc("Skip torch.compile (compiling adds 15-50 s per engine start on CPU).", True)
+
+
+def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0) -> list:
+    """Start `cfg.num_workers` RolloutWorker actors on `model_path` and wait until they are ready."""
+    import ray
+
+    from rlpost.cache import cache_root
+    from rlpost.rollout import RolloutWorker, rollout_env
+
+    actor_cls = ray.remote(RolloutWorker)
+    env = {**cache_env(), **rollout_env(str(cache_root()), cfg.kv_cache_gib), "VLLM_LOGGING_LEVEL": "WARNING"}
+    workers = [
+        actor_cls.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, runtime_env={"env_vars": env}).remote(
+            model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=seed + i,
+            enforce_eager=cfg.enforce_eager, kv_cache_gib=cfg.kv_cache_gib)
+        for i in range(cfg.num_workers)
+    ]
+    ray.get([w.ready.remote() for w in workers])
+    return workers

@@ -1,0 +1,91 @@
+"""Held-out evaluation through vLLM: accuracy and pass@k per task, answer length, truncation.
+
+The same reward functions that train the policy score it here (rewards/), so "accuracy" in a
+report and "reward" in a run mean the same thing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from rlpost.config import doc
+from rlpost.tasks import Problem
+
+# Which built-in reward checks each task's answers.
+TASK_REWARDS = {"arithmetic": "math", "gsm8k": "math", "compare": "math",
+                "spelling_bee": "letter_count", "spelling": "spelling"}
+
+
+@dataclass
+class EvalConfig:
+    problems_per_task: int = doc("Held-out problems per task (at most 1000).", 200)
+    samples: int = doc("Samples per problem at `temperature` (sampled pass@1 is their mean accuracy).", 1)
+    temperature: float = doc("Sampling temperature; 0 = greedy.", 0.0)
+    max_new_tokens: int = doc("Longest answer in tokens.", 256)
+
+
+def score_completions(problems: list[Problem], completions: list[str]) -> list[float]:
+    """Correctness (0/1) of each completion for its problem, by the task's reward function."""
+    from rewards import BUILTIN_REWARDS
+
+    scores = [0.0] * len(problems)
+    by_task = defaultdict(list)
+    for i, p in enumerate(problems):
+        by_task[p.task].append(i)
+    for task, idx in by_task.items():
+        fn = BUILTIN_REWARDS[TASK_REWARDS[task]]
+        values = fn([problems[i].prompt for i in idx], [completions[i] for i in idx],
+                    answer=[problems[i].answer for i in idx])
+        for i, v in zip(idx, values):
+            scores[i] = float(v or 0.0)
+    return scores
+
+
+def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig) -> dict:
+    """Sample `cfg.samples` answers per problem on a RolloutWorker actor and score them.
+
+    Returns {task: {"accuracy", "pass@k", "mean_tokens", "truncated"}, ..., "transcripts": [...]}
+    where accuracy is the mean over all samples (pass@1) and pass@k counts a problem solved if
+    any of its k samples is right."""
+    import ray
+
+    from rlpost.chat import prompt_ids
+    from rlpost.tokenizer import stop_token_ids
+
+    outputs = ray.get(worker.generate.remote(
+        [prompt_ids(tokenizer, p.prompt) for p in problems], n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, stop_token_ids=stop_token_ids(tokenizer)))
+    flat_problems = [p for p in problems for _ in range(cfg.samples)]
+    flat_samples = [s for group in outputs for s in group]
+    texts = tokenizer.batch_decode([s.token_ids for s in flat_samples], skip_special_tokens=True)
+    scores = score_completions(flat_problems, texts)
+    per_task: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+    for i, (p, s, score) in enumerate(zip(flat_problems, flat_samples, scores)):
+        stats = per_task[p.task]
+        stats["score"].append(score)
+        stats["tokens"].append(len(s.token_ids))
+        stats["truncated"].append(s.finish_reason == "length")
+        if i % cfg.samples == cfg.samples - 1:
+            stats["solved"].append(max(stats["score"][-cfg.samples:]))
+    result = {task: {"accuracy": _mean(st["score"]), f"pass@{cfg.samples}": _mean(st["solved"]),
+                     "mean_tokens": _mean(st["tokens"]), "truncated": _mean(st["truncated"]),
+                     "problems": len(st["solved"])}
+              for task, st in per_task.items()}
+    result["transcripts"] = [{"task": p.task, "prompt": p.prompt, "answer": p.answer, "completion": t, "correct": sc}
+                             for p, t, sc in zip(flat_problems[:: cfg.samples], texts[:: cfg.samples], scores[:: cfg.samples])]
+    return result
+
+
+def _mean(xs) -> float:
+    return round(sum(xs) / len(xs), 4) if xs else 0.0
+
+
+def format_table(results: dict[str, dict], columns=("accuracy",)) -> str:
+    """A small text table: one row per task."""
+    rows = [f"{'task':<14}" + "".join(f"{c:>12}" for c in columns)]
+    for task, stats in results.items():
+        if task == "transcripts":
+            continue
+        rows.append(f"{task:<14}" + "".join(f"{stats.get(c, float('nan')):>12.3f}" for c in columns))
+    return "\n".join(rows)

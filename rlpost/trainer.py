@@ -1,0 +1,271 @@
+"""A causal LM under DeepSpeed: the one training engine behind pretraining, SFT and the RL learner.
+
+`DeepSpeedTrainer` owns the engine (ZeRO stage and bf16 from config; gloo on CPU, NCCL on GPU),
+computes token log-probabilities, takes optimizer steps, and writes atomic checkpoints
+(HF weights + DeepSpeed optimizer state + RNG + caller state) that `load_latest` resumes.
+In pretraining and SFT it runs in the recipe's process (world size 1); the RL learner runs one
+per rank inside Ray actors with the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlpost.config import doc
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc("Peak learning rate (AdamW).", 1e-3)
+    weight_decay: float = doc("AdamW weight decay.", 0.0)
+    beta1: float = doc("AdamW beta1.", 0.9)
+    beta2: float = doc("AdamW beta2.", 0.95)
+    warmup_steps: int = doc("Linear warm-up steps.", 0)
+    schedule: str = doc("Learning-rate schedule after warm-up: 'constant' or 'cosine' (to 10% of peak).", "constant")
+    grad_clip: float = doc("Clip the global gradient norm to this value (0 disables).", 1.0)
+
+    def validate(self):
+        if self.schedule not in ("constant", "cosine"):
+            from rlpost.config import ConfigError
+
+            raise ConfigError(f"optim.schedule: {self.schedule!r} is not one of ['constant', 'cosine']")
+
+
+@dataclass
+class EngineConfig:
+    zero_stage: int = doc("DeepSpeed ZeRO stage (0, 2 or 3).", 0)
+    bf16: bool = doc("Train in bf16 (2.5x faster than fp32 on AVX-512-bf16 CPUs); weights are kept in fp32 by the optimizer.", True)
+    world_size: int = doc("Learner ranks (processes); each is a Ray actor in RL, 1 in pretrain/SFT recipes.", 1)
+    threads: int = doc("torch threads per rank (CPU).", 2)
+    dist_backend: str = doc("torch.distributed backend: 'gloo' on CPU, 'nccl' on GPU.", "gloo")
+
+    def validate(self):
+        from rlpost.config import ConfigError
+
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"engine.zero_stage: {self.zero_stage} is not one of [0, 1, 2, 3]")
+        if self.dist_backend not in ("gloo", "nccl"):
+            raise ConfigError(f"engine.dist_backend: {self.dist_backend!r} is not one of ['gloo', 'nccl']")
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
+    """Join the learner's torch.distributed world (idempotent)."""
+    import deepspeed
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank) if backend == "gloo" else "0",
+                      MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def _lr_lambda(optim: OptimConfig, total_steps: int):
+    import math
+
+    def factor(step: int) -> float:
+        if optim.warmup_steps and step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "cosine" and total_steps > optim.warmup_steps:
+            progress = min(1.0, (step - optim.warmup_steps) / (total_steps - optim.warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | prefix) for every position: shape [B, T-1], fp32."""
+    logits = logits[:, :-1].float()
+    return torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:, None]).squeeze(-1)
+
+
+def masked_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the tokens whose mask is 1 (mask aligned with input_ids)."""
+    target_mask = loss_mask[:, 1:].float()
+    nll = -token_logprobs(logits, input_ids)
+    return (nll * target_mask).sum() / target_mask.sum().clamp(min=1.0)
+
+
+class DeepSpeedTrainer:
+    def __init__(self, model_path: str, optim: OptimConfig, engine_cfg: EngineConfig, *, total_steps: int,
+                 micro_batch_size: int, rank: int = 0, master_addr: str = "127.0.0.1", master_port: int = 29500,
+                 seed: int = 0, gradient_checkpointing: bool = False):
+        import deepspeed
+
+        from rlpost.model import load_model
+
+        torch.set_num_threads(engine_cfg.threads)
+        torch.manual_seed(seed + rank)
+        init_distributed(rank, engine_cfg.world_size, master_addr, master_port, engine_cfg.dist_backend)
+        self.rank, self.optim_cfg = rank, optim
+        model = load_model(model_path)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.model_config = model.config
+        # Plain torch AdamW: DeepSpeed's FusedAdam would JIT-build for ~3.5 minutes on CPU for no gain here.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
+                                      weight_decay=optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(optim, total_steps))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": optim.grad_clip,
+            "zero_optimization": {"stage": engine_cfg.zero_stage},
+            "bf16": {"enabled": engine_cfg.bf16},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.compute_dtype = torch.bfloat16 if engine_cfg.bf16 else torch.float32
+
+    # -- compute ---------------------------------------------------------------------------------
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def step(self, loss: torch.Tensor) -> dict:
+        """Backward + optimizer step (gradient clipping and the LR schedule included)."""
+        self.engine.backward(loss)
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        return {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "lr": self.scheduler.get_last_lr()[0]}
+
+    def train_lm_batch(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, attention_mask=None) -> dict:
+        """One optimizer step of masked next-token cross-entropy (pretraining and SFT)."""
+        self.engine.train()
+        loss = masked_lm_loss(self.logits(input_ids, attention_mask), input_ids, loss_mask)
+        return {"loss": loss.item(), **self.step(loss)}
+
+    # -- weights and checkpoints -------------------------------------------------------------------
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """fp32 HF-named weights on CPU (gathered from all ranks under ZeRO-3). All ranks must call."""
+        import deepspeed
+
+        module = self.engine.module
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, enabled=hasattr(params[0], "ds_id")):
+            return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
+
+    def save_hf(self, path: str | Path, tokenizer) -> None:
+        """Save the current weights as an HF folder (rank 0 writes; all ranks must call)."""
+        state = self.full_state_dict()
+        if self.rank == 0:
+            from transformers import AutoModelForCausalLM
+
+            Path(path).mkdir(parents=True, exist_ok=True)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(self.model_config)
+            model.load_state_dict(state, assign=True)
+            model.tie_weights()
+            model.save_pretrained(str(path), safe_serialization=True)
+            tokenizer.save_pretrained(str(path))
+
+    def save_checkpoint(self, run_dir: str | Path, step: int, tokenizer, client_state: dict, keep: int = 2) -> Path:
+        """Atomically write `run_dir/checkpoints/step_{step}`: HF policy, optimizer, RNG, caller state.
+
+        Written into a temporary folder and renamed, so a crash mid-save leaves the previous
+        checkpoint intact; the `latest` file is replaced atomically after the rename."""
+        root = Path(run_dir) / "checkpoints"
+        tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        torch.distributed.barrier()
+        self.save_hf(tmp / "policy", tokenizer)
+        state = {**client_state, "step": step, "rng": _rng_state()}
+        self.engine.save_checkpoint(str(tmp / "engine"), tag="state", client_state=state)
+        torch.distributed.barrier()
+        if self.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            (root / "latest.tmp").write_text(final.name)
+            os.replace(root / "latest.tmp", root / "latest")
+            for old in sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        torch.distributed.barrier()
+        return final
+
+    def load_latest(self, run_dir: str | Path) -> dict | None:
+        """Resume from `run_dir/checkpoints/latest`; returns the caller state, or None if none exists."""
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            return None
+        _, state = self.engine.load_checkpoint(str(path / "engine"), tag="state")
+        _set_rng_state(state.pop("rng"))
+        return state
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.exists() else None
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (ids, mask) pairs into [B, T] tensors; padding has mask 0.
+
+    No attention mask is needed: with causal attention, right padding never influences the
+    real tokens before it."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (ids, mask) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        loss_mask[i, : len(mask)] = torch.tensor(mask)
+    return input_ids, loss_mask
+
+
+def train_lm(trainer: DeepSpeedTrainer, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int,
+             seed: int, run_dir: str | Path, tokenizer, logger, checkpoint_every: int, resume: bool,
+             on_checkpoint=None, desc: str = "train") -> None:
+    """The pretraining/SFT loop: shuffled epochs over `examples`, one optimizer step per batch,
+    metrics every step, an atomic checkpoint every `checkpoint_every` steps and at the end.
+
+    Batch order is a pure function of (seed, step), so a resumed run continues exactly where the
+    interrupted one stopped. `on_checkpoint(step, checkpoint_dir) -> dict` may add metrics (e.g.
+    held-out accuracy) to the checkpoint's log line."""
+    from tqdm import tqdm
+
+    start = 0
+    if resume:
+        state = trainer.load_latest(run_dir)
+        if state is not None:
+            start = state["step"]
+            print(f"resumed from step {start}")
+    per_epoch = max(1, len(examples) // batch_size)
+    order: dict[int, list[int]] = {}
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=trainer.rank != 0)
+    for step in bar:
+        epoch, index = divmod(step, per_epoch)
+        if epoch not in order:
+            order = {epoch: random.Random(f"{seed}/{epoch}").sample(range(len(examples)), len(examples))}
+        batch = [examples[i] for i in order[epoch][index * batch_size:(index + 1) * batch_size]]
+        input_ids, loss_mask = collate(batch, tokenizer.pad_token_id)
+        metrics = trainer.train_lm_batch(input_ids, loss_mask)
+        metrics["epoch"] = step / per_epoch
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
+        done = step + 1
+        if done % checkpoint_every == 0 or done == steps:
+            path = trainer.save_checkpoint(run_dir, done, tokenizer, {})
+            if on_checkpoint is not None:
+                metrics.update(on_checkpoint(done, path))
+        if trainer.rank == 0:
+            logger.log(done, metrics)
