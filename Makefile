@@ -1,0 +1,20 @@
+# rlpost: the two commands of the README.
+#   make quickstart   set up (if needed) and run tokenizer -> pretrain -> SFT on the tiny model (CPU)
+#   make test         set up (if needed) and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rlpost-setup
+
+.PHONY: setup quickstart test
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+quickstart: setup
+	$(PY) recipes/pipeline.py
+
+test: setup
+	$(PY) -m pytest -q

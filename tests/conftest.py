@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny pretrained model and SFT model made by the real recipes, and Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Small enough for CI, large enough for the loss to fall visibly.
+PRETRAIN_ARGS = ["--config", "recipes/configs/pretrain_tiny.yaml", "--data.synthetic_docs", "3000",
+                 "--data.seq_len", "128", "--train.steps", "30", "--train.batch_size", "16",
+                 "--train.checkpoint_every", "10", "--tokenizer.train_docs", "3000", "--logging.wandb_mode", "disabled"]
+
+
+def run_recipe(script: str, args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a recipe as a user would; fail the test with its output if it fails."""
+    proc = subprocess.run([sys.executable, f"recipes/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("pretrain")
+    run_recipe("pretrain.py", [*PRETRAIN_ARGS, "--run_dir", str(run_dir)])
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def sft_run(pretrained, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("sft")
+    run_recipe("sft.py", ["--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(pretrained / "model"),
+                          "--run_dir", str(run_dir), "--data.tasks", "{arithmetic: 64, spelling_bee: 32}",
+                          "--train.steps", "20", "--train.batch_size", "16", "--train.checkpoint_every", "10",
+                          "--checkpoint_eval.problems_per_task", "8", "--final_eval.problems_per_task", "16",
+                          "--final_eval_samples", "2", "--logging.wandb_mode", "disabled"])
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A private local Ray for tests that drive actors from the test process."""
+    import ray
+
+    from rlpost.cache import cache_env
+
+    temp_dir = tempfile.mkdtemp(prefix="rlpost-ray-", dir="/tmp")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=temp_dir,
+             runtime_env={"env_vars": cache_env()}, configure_logging=False)
+    yield
+    ray.shutdown()

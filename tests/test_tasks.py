@@ -1,0 +1,66 @@
+"""Synthetic tasks: deterministic, verifiable, and split like a textbook."""
+
+import pytest
+
+from rlpost.data import load_gsm8k
+from rlpost.tasks import TASKS, make_problems
+
+SHARED_GSM8K = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_deterministic_and_extendable(task):
+    a = make_problems(task, "rl", 50, seed=3)
+    assert a == make_problems(task, "rl", 50, seed=3)
+    assert make_problems(task, "rl", 80, seed=3)[:50] == a
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_splits_disjoint_from_held_out(task):
+    held_out = {p.prompt for p in make_problems(task, "eval", 300)}
+    for split in ("sft", "rl"):
+        assert not held_out & {p.prompt for p in make_problems(task, split, 300)}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_worked_solutions_end_with_answer_and_verify(task):
+    from rlpost.evaluate import score_completions
+
+    problems = make_problems(task, "sft", 100)
+    assert all(p.solution.endswith(f"The answer is {p.answer}.") for p in problems)
+    assert score_completions(problems, [p.solution for p in problems]) == [1.0] * 100
+
+
+def test_arithmetic_steps_are_correct():
+    import re
+
+    for p in make_problems("arithmetic", "sft", 300):
+        for a, op, b, result in re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", p.solution):
+            assert eval(f"{a}{op}{b}") == int(result), p.solution
+
+
+def test_spelling_bee_layout():
+    p = next(p for p in make_problems("spelling_bee", "sft", 100) if int(p.answer) >= 2)
+    word = p.solution.split("'")[1]
+    assert f"Spelled out: {','.join(word)}." in p.solution
+    assert "→ 1" in p.solution and f"→ {p.answer}" in p.solution
+
+
+def test_compare_trap_is_right():
+    for p in make_problems("compare", "eval", 200):
+        a, b = [x for x in p.prompt.replace("?", "").replace(",", "").split() if x[0].isdigit()][:2]
+        assert float(p.answer) == max(float(a), float(b))
+
+
+def test_gsm8k_local_loader():
+    problems = load_gsm8k(str(SHARED_GSM8K), "test")
+    assert len(problems) == 1319
+    assert all(p.solution.endswith(f"The answer is {p.answer}.") for p in problems)
+    assert "<<" not in problems[0].solution
+
+
+def test_gsm8k_bad_line(tmp_path):
+    path = tmp_path / "test.jsonl"
+    path.write_text('{"question": "q", "answer": "a\\n#### 3"}\n{"question": "q"}\n')
+    with pytest.raises(ValueError, match=r"test.jsonl:2: expected fields"):
+        load_gsm8k(str(path))
