@@ -1,0 +1,223 @@
+"""Unit tests for rlpost.algorithms against values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rlpost.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    KL_ESTIMATORS,
+    LOSS_AGG_MODES,
+    aggregate_loss,
+    drgrpo_advantages,
+    gae_advantages,
+    grpo_advantages,
+    kl_penalty,
+    masked_mean,
+    overlong_penalty,
+    ppo_clip_loss,
+    rloo_advantages,
+    truncation_mask,
+    value_loss,
+    zero_variance_groups,
+)
+
+NAN = float("nan")
+SQRT3 = math.sqrt(3.0)
+LN2 = 0.6931471805599453
+
+
+def close(actual, expected, atol=1e-5):
+    expected = torch.as_tensor(expected, dtype=actual.dtype)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+
+
+# ---------------------------------------------------------------- advantages
+
+
+def test_grpo_population_std():
+    # group 1: mean 0.5, population std 0.5 -> +-1
+    # group 2: constant -> 0 (eps keeps it finite)
+    # group 3: mean 0.75, deviations (-.75, -.75, -.75, 2.25), var 6.75/4, std 0.75*sqrt(3)
+    rewards = torch.tensor([1.0, 0, 0, 1, 2, 2, 2, 2, 0, 0, 0, 3])
+    adv = grpo_advantages(rewards, group_size=4)
+    close(adv, [1, -1, -1, 1, 0, 0, 0, 0, -1 / SQRT3, -1 / SQRT3, -1 / SQRT3, SQRT3])
+
+
+def test_grpo_nan_rewards():
+    # valid (1, 0): mean .5, std .5; a lone valid member and an all-NaN group give 0
+    rewards = torch.tensor([1.0, NAN, 0, NAN, NAN, NAN, NAN, 5, NAN, NAN, NAN, NAN])
+    adv = grpo_advantages(rewards, group_size=4)
+    close(adv, [1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+
+
+def test_drgrpo():
+    rewards = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 3])
+    close(drgrpo_advantages(rewards, 4), [0.5, -0.5, -0.5, 0.5, -0.75, -0.75, -0.75, 2.25])
+
+
+def test_drgrpo_nan_rewards():
+    # valid (1, 0, 0): mean 1/3
+    rewards = torch.tensor([1.0, NAN, 0, 0])
+    close(drgrpo_advantages(rewards, 4), [2 / 3, 0, -1 / 3, -1 / 3])
+
+
+def test_rloo():
+    # (1,0,0,1): sample 0 vs mean(0,0,1)=1/3 -> 2/3; sample 1 vs mean(1,0,1)=2/3 -> -2/3
+    # (0,0,0,3): sample 0 vs mean(0,0,3)=1 -> -1; sample 3 vs mean(0,0,0)=0 -> 3
+    rewards = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 3])
+    close(rloo_advantages(rewards, 4), [2 / 3, -2 / 3, -2 / 3, 2 / 3, -1, -1, -1, 3])
+
+
+def test_rloo_nan_rewards():
+    # valid (1, 0, 4): 1 - (0+4)/2 = -1; 0 - (1+4)/2 = -2.5; 4 - (1+0)/2 = 3.5
+    # a lone valid member has no leave-one-out baseline -> 0
+    rewards = torch.tensor([1.0, NAN, 0, 4, NAN, 7, NAN, NAN])
+    close(rloo_advantages(rewards, 4), [-1, 0, -2.5, 3.5, 0, 0, 0, 0])
+
+
+def test_group_layout_checked():
+    with pytest.raises(ValueError):
+        grpo_advantages(torch.zeros(6), group_size=4)
+    assert set(ADVANTAGE_ESTIMATORS) == {"grpo", "drgrpo", "rloo"}
+    assert ADVANTAGE_ESTIMATORS["rloo"] is rloo_advantages
+
+
+def test_gae_masked():
+    # gamma .9, lam .5 over rewards (0,0,1), values (.2,.4,.6):
+    #   t2: delta = 1 - .6 = .4                        A = .4
+    #   t1: delta = .9*.6 - .4 = .14,  A = .14 + .45*.4  = .32
+    #   t0: delta = .9*.4 - .2 = .16,  A = .16 + .45*.32 = .304
+    # returns = A + V = (.504, .72, 1.0). Row 0 has trailing padding with garbage,
+    # row 1 is a single token (A = 2 - 1), row 2 is row 0 shifted right by leading padding.
+    rewards = torch.tensor([[0.0, 0, 1, 7], [2, 9, 9, 9], [5, 0, 0, 1]])
+    values = torch.tensor([[0.2, 0.4, 0.6, 100], [1, 5, 5, 5], [3, 0.2, 0.4, 0.6]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    adv, ret = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.5)
+    close(adv, [[0.304, 0.32, 0.4, 0], [1, 0, 0, 0], [0, 0.304, 0.32, 0.4]])
+    close(ret, [[0.504, 0.72, 1.0, 0], [2, 0, 0, 0], [0, 0.504, 0.72, 1.0]])
+
+
+def test_gae_monte_carlo_limit():
+    # gamma = lam = 1: A_t = (sum of rewards from t on) - V_t
+    rewards = torch.tensor([[1.0, 0, 2]])
+    values = torch.tensor([[0.5, 1.0, 1.5]])
+    adv, ret = gae_advantages(rewards, values, torch.ones(1, 3, dtype=torch.bool), 1.0, 1.0)
+    close(adv, [[2.5, 1.0, 0.5]])
+    close(ret, [[3.0, 2.0, 2.0]])
+
+
+# ---------------------------------------------------------------- policy loss
+
+
+def test_ppo_clip_loss_per_sequence_advantage():
+    ratios = torch.tensor([[1.5, 0.5, 1.1], [1.5, 0.5, 1.1]])
+    logprobs = ratios.log().requires_grad_()
+    old = torch.zeros(2, 3)
+    adv = torch.tensor([1.0, -1.0])
+    loss, clipped = ppo_clip_loss(logprobs, old, adv)
+    # A=+1: min(1.5, 1.2)=1.2 (clipped), min(.5, .8)=.5, min(1.1, 1.1)=1.1
+    # A=-1: min(-1.5, -1.2)=-1.5, min(-.5, -.8)=-.8 (clipped), -1.1
+    close(loss, [[-1.2, -0.5, -1.1], [1.5, 0.8, 1.1]])
+    assert clipped.tolist() == [[True, False, False], [False, True, False]]
+    # clipped tokens get no gradient; others d(-ratio*A)/dlogp = -A*ratio
+    loss.sum().backward()
+    close(logprobs.grad, [[0.0, -0.5, -1.1], [1.5, 0.0, 1.1]])
+
+
+def test_ppo_clip_higher_and_per_token_advantage():
+    ratios = torch.tensor([[1.5, 0.5, 1.5, 0.5]])
+    adv = torch.tensor([[1.0, -1.0, 2.0, 0.0]])
+    loss, clipped = ppo_clip_loss(ratios.log(), torch.zeros(1, 4), adv, clip_low=0.1, clip_high=0.28)
+    # 1.28*1, clamp(.5)=.9 -> -.9 vs -.5 -> -.9, 1.28*2, zero advantage -> 0
+    close(loss, [[-1.28, 0.9, -2.56, 0.0]])
+    assert clipped.tolist() == [[True, True, True, False]]
+
+
+def test_value_loss():
+    values = torch.tensor([[1.0, 0.5, 0.0, 2.0]])
+    old = torch.full((1, 4), 0.5)
+    returns = torch.tensor([[2.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    # t0: clipped value .7 -> max(1, 1.69)/2 = .845; t1: .25/2 = .125
+    # t2: unclipped error 0, clipped value .3 -> .09/2 = .045; t3 masked
+    close(value_loss(values, old, returns, mask, clip=0.2), [[0.845, 0.125, 0.045, 0.0]])
+
+
+# ---------------------------------------------------------------- KL
+
+
+def test_kl_estimators():
+    # policy prob .5 vs reference .25, and the reverse; log ratio = +-ln 2
+    lp = torch.tensor([math.log(0.5), math.log(0.25), -1.0])
+    ref = torch.tensor([math.log(0.25), math.log(0.5), -1.0])
+    close(kl_penalty(lp, ref, "k1"), [LN2, -LN2, 0])
+    close(kl_penalty(lp, ref, "k2"), [0.5 * LN2 * LN2, 0.5 * LN2 * LN2, 0])
+    # k3 = r - 1 - log r with r = pi_ref/pi: (.5 - 1 + ln2), (2 - 1 - ln2)
+    close(kl_penalty(lp, ref, "k3"), [LN2 - 0.5, 1 - LN2, 0])
+    assert KL_ESTIMATORS == ("k1", "k2", "k3")
+
+
+def test_kl_unknown_kind():
+    with pytest.raises(ValueError, match="k1, k2, k3"):
+        kl_penalty(torch.zeros(1), torch.zeros(1), "k4")
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def test_aggregate_loss_modes():
+    # row 0: tokens 1,2,3; row 1: token 4; row 2: empty (NaN garbage must not leak)
+    loss = torch.tensor([[1.0, 2, 3], [4, NAN, 0], [NAN, 9, 9]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    close(aggregate_loss(loss, mask, "token-mean"), 10 / 4)
+    close(aggregate_loss(loss, mask, "seq-mean-token-mean"), (2 + 4) / 2)
+    close(aggregate_loss(loss, mask, "seq-mean-token-sum-norm", max_len=4), 10 / (3 * 4))
+    assert LOSS_AGG_MODES == ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def test_aggregate_loss_all_masked_is_zero():
+    loss = torch.ones(2, 3, requires_grad=True)
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    for mode in LOSS_AGG_MODES:
+        out = aggregate_loss(loss, mask, mode, max_len=3)
+        assert out.item() == 0.0
+        out.backward()
+        assert torch.equal(loss.grad, torch.zeros(2, 3))
+
+
+def test_aggregate_loss_errors():
+    loss, mask = torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="max_len"):
+        aggregate_loss(loss, mask, "seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match="token-mean"):
+        aggregate_loss(loss, mask, "mean")
+
+
+def test_masked_mean_dim():
+    x = torch.tensor([[1.0, 3, NAN], [NAN, NAN, NAN]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    close(masked_mean(x, mask, dim=1), [2.0, 0.0])
+
+
+# ---------------------------------------------------------------- filtering
+
+
+def test_zero_variance_groups():
+    rewards = torch.tensor([1.0, 1, 1, 0, 1, 0, NAN, 2, 2, NAN, NAN, NAN, NAN, 1, 0])
+    assert zero_variance_groups(rewards, 3).tolist() == [True, False, True, True, False]
+
+
+def test_overlong_penalty():
+    # max_len 16, buffer 4: free up to 12, linear to -penalty at 16
+    lengths = torch.tensor([10, 12, 13, 14, 16, 20])
+    close(overlong_penalty(lengths, 16, 4, 1.0), [0, 0, -0.25, -0.5, -1, -1])
+    close(overlong_penalty(lengths, 16, 4, 0.5), [0, 0, -0.125, -0.25, -0.5, -0.5])
+    close(overlong_penalty(lengths, 16, 0, 1.0), [0, 0, 0, 0, 0, -1])
+
+
+def test_truncation_mask():
+    assert truncation_mask(["stop", "length", "abort", "length"]).tolist() == [False, True, False, True]
+    empty = truncation_mask([])
+    assert empty.dtype == torch.bool and empty.shape == (0,)
