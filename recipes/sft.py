@@ -36,6 +36,7 @@ class SFTData:
 @dataclass
 class SFTTrain:
     steps: int = doc("Optimizer steps.", 400)
+    max_minutes: float = doc("Stop (with a checkpoint) after this many minutes of training; 0 = no limit.", 0.0)
     batch_size: int = doc("Conversations per step.", 32)
     checkpoint_every: int = doc("Checkpoint (and held-out greedy eval) every N steps.", 100)
     seed: int = doc("Seed for data order.", 0)
@@ -113,7 +114,7 @@ def main(cfg: SFTConfig) -> dict:
     logger = MetricsLogger(run_dir, cfg.logging, "sft", config=None)
     train_lm(trainer, examples, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
              run_dir=run_dir, tokenizer=tokenizer, logger=logger, checkpoint_every=cfg.train.checkpoint_every,
-             resume=cfg.resume, on_checkpoint=eval_checkpoint, desc="sft")
+             resume=cfg.resume, on_checkpoint=eval_checkpoint, desc="sft", max_minutes=cfg.train.max_minutes)
     trainer.save_hf(run_dir / "model", tokenizer)
     logger.close()
 

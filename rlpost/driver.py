@@ -393,6 +393,7 @@ def train(cfg: RLConfig) -> dict:
             if len(trajectories) >= cfg.rollout.prompts_per_step * cfg.rollout.n * 0.999:
                 break
         metrics.update(stats_rounds[0])
+        metrics["cursor"] = cursor
         metrics["refill_rounds_used"] = len(stats_rounds) - 1
         metrics["reward/mean"] = sum(reward_rows) / max(1, len(reward_rows))
         metrics["reward/std"] = (sum((r - metrics["reward/mean"]) ** 2 for r in reward_rows) / max(1, len(reward_rows))) ** 0.5

@@ -89,3 +89,29 @@ def format_table(results: dict[str, dict], columns=("accuracy",)) -> str:
             continue
         rows.append(f"{task:<14}" + "".join(f"{stats.get(c, float('nan')):>12.3f}" for c in columns))
     return "\n".join(rows)
+
+
+def evaluate_models(model_paths: dict[str, str], problems: list[Problem], configs: dict[str, EvalConfig],
+                    vllm_cfg=None) -> dict[str, dict[str, dict]]:
+    """Evaluate several checkpoints of one architecture on the same problems with one engine:
+    {model name: {config name: evaluate(...)}}. Weights are swapped in with a sync, not a restart."""
+    import ray
+    from safetensors.torch import load_file
+
+    from rlpost.cluster import VLLMConfig, start_rollout_workers
+    from rlpost.tokenizer import load_tokenizer
+
+    first = next(iter(model_paths.values()))
+    worker = start_rollout_workers(first, vllm_cfg or VLLMConfig(num_workers=1))[0]
+    tokenizer = load_tokenizer(first)
+    results = {}
+    try:
+        for name, path in model_paths.items():
+            state = load_file(f"{path}/model.safetensors")
+            if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+                state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied embeddings
+            ray.get(worker.update_weights.remote(state))
+            results[name] = {mode: evaluate(worker, tokenizer, problems, cfg) for mode, cfg in configs.items()}
+    finally:
+        ray.kill(worker)
+    return results

@@ -235,13 +235,16 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
 
 def train_lm(trainer: DeepSpeedTrainer, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int,
              seed: int, run_dir: str | Path, tokenizer, logger, checkpoint_every: int, resume: bool,
-             on_checkpoint=None, desc: str = "train") -> None:
+             on_checkpoint=None, desc: str = "train", max_minutes: float = 0.0) -> int:
     """The pretraining/SFT loop: shuffled epochs over `examples`, one optimizer step per batch,
     metrics every step, an atomic checkpoint every `checkpoint_every` steps and at the end.
 
     Batch order is a pure function of (seed, step), so a resumed run continues exactly where the
     interrupted one stopped. `on_checkpoint(step, checkpoint_dir) -> dict` may add metrics (e.g.
-    held-out accuracy) to the checkpoint's log line."""
+    held-out accuracy) to the checkpoint's log line. With `max_minutes`, training stops (with a
+    checkpoint) once that much wall time has passed. Returns the last step trained."""
+    import time
+
     from tqdm import tqdm
 
     start = 0
@@ -253,6 +256,8 @@ def train_lm(trainer: DeepSpeedTrainer, examples: list[tuple[list[int], list[int
     per_epoch = max(1, len(examples) // batch_size)
     order: dict[int, list[int]] = {}
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=trainer.rank != 0)
+    deadline = time.time() + 60 * max_minutes if max_minutes else float("inf")
+    done = start
     for step in bar:
         epoch, index = divmod(step, per_epoch)
         if epoch not in order:
@@ -263,9 +268,14 @@ def train_lm(trainer: DeepSpeedTrainer, examples: list[tuple[list[int], list[int
         metrics["epoch"] = step / per_epoch
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
         done = step + 1
-        if done % checkpoint_every == 0 or done == steps:
+        out_of_time = time.time() > deadline
+        if done % checkpoint_every == 0 or done == steps or out_of_time:
             path = trainer.save_checkpoint(run_dir, done, tokenizer, {})
             if on_checkpoint is not None:
                 metrics.update(on_checkpoint(done, path))
         if trainer.rank == 0:
             logger.log(done, metrics)
+        if out_of_time:
+            print(f"stopping after {max_minutes} minutes at step {done}")
+            break
+    return done

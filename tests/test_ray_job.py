@@ -1,0 +1,73 @@
+"""`ray job submit` end to end, against a Ray head this test starts on private ports and stops itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, metrics
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    from rlpost.weight_sync import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+def ray_head():
+    """`ray start --head --block` in its own session; killing that session stops exactly this
+    cluster (never `ray stop`, which would stop every cluster on the machine)."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    temp_dir = tempfile.mkdtemp(prefix="rlpost-job-", dir="/tmp")
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+         f"--ray-client-server-port={_free_port() % 10000 + 30000}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(address, timeout=2)
+            break
+        except OSError:
+            assert head.poll() is None, "ray head exited during start-up"
+            assert time.time() < deadline, "ray head did not start"
+            time.sleep(1)
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_grpo_via_ray_job_submit(ray_head, sft_run, tmp_path):
+    address, env = ray_head
+    run_dir = tmp_path / "grpo_job"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+         "--", sys.executable, "recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml",
+         "--model_path", str(sft_run / "model"), "--run_dir", str(run_dir), "--steps", "1", "--eval_every", "0",
+         "--rollout.prompts_per_step", "4", "--rollout.n", "4", "--rollout.max_new_tokens", "32",
+         "--rewards.functions", "[{name: math}, {name: length, weight: 0.5}]",
+         "--vllm.kv_cache_gib", "0.25", "--logging.wandb_mode", "disabled"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "succeeded" in proc.stdout
+    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1]
+    assert (run_dir / "model" / "model.safetensors").exists()
