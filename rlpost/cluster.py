@@ -7,6 +7,9 @@ process on every node builds into and reuses the same cache folder layout.
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 
 from rlpost.cache import cache_env
@@ -20,6 +23,9 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    if threading.current_thread() is threading.main_thread():
+        # Turn SIGTERM into a normal exit so Ray's exit hooks stop the local cluster's processes.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runtime_env = {"env_vars": cache_env()}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env, log_to_driver=True)

@@ -1,16 +1,17 @@
 """The embedded pretraining corpus: text rendered from the synthetic task world.
 
 It plays the part of "internet text" for the tiny models: problem statements (without worked
-solutions: those are the scarce SFT material), arithmetic facts, how words are spelled, and
-decimal comparisons. A base model trained on it knows the facts and the language of the tasks
+solutions: those are the scarce SFT material), bare scratch-work arithmetic beside some of
+them, arithmetic facts, how words are spelled, and decimal comparisons. A base model trained on it knows the facts and the language of the tasks
 but has never seen a worked solution, so SFT and RL have something to teach.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
-from rlpost.tasks import TASKS, held_out_prompts, word_list
+from rlpost.tasks import ARITHMETIC_TEMPLATES, TASKS, held_out_prompts, word_list
 
 
 def _arithmetic_facts(rng: random.Random) -> str:
@@ -48,7 +49,21 @@ def _problem_statements(rng: random.Random) -> str:
     return "\n".join(p for p in prompts if p not in held_out_prompts(task))
 
 
-DOCUMENT_KINDS = [_arithmetic_facts, _spellings, _comparisons, _problem_statements]
+def _scratch_work(rng: random.Random) -> str:
+    # Word problems next to the bare arithmetic that solves them, the way scratch work shows up
+    # in real text: the numbers and operations, but no worded solution and no final answer line.
+    lines = []
+    for _ in range(rng.randint(1, 3)):
+        prompt, steps, _ = rng.choice(ARITHMETIC_TEMPLATES)(rng, 20)
+        if prompt in held_out_prompts("arithmetic"):
+            continue
+        lines.append(prompt + "\n" + ". ".join(re.findall(r"\d+ [-+*/] \d+ = \d+", " ".join(steps))) + ".")
+    return "\n\n".join(lines)
+
+
+# Scratch work dominates: copying numbers out of a problem statement is the skill a tiny model
+# is slowest to pick up, and nothing else in the corpus teaches it as directly.
+DOCUMENT_KINDS = [_arithmetic_facts, _spellings, _comparisons, _problem_statements] + [_scratch_work] * 8
 
 
 def synthetic_corpus(num_docs: int, seed: int = 0) -> list[str]:

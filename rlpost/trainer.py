@@ -42,7 +42,8 @@ class EngineConfig:
     zero_stage: int = doc("DeepSpeed ZeRO stage (0, 2 or 3).", 0)
     bf16: bool = doc("Train in bf16 (2.5x faster than fp32 on AVX-512-bf16 CPUs); weights are kept in fp32 by the optimizer.", True)
     world_size: int = doc("Learner ranks (processes); each is a Ray actor in RL, 1 in pretrain/SFT recipes.", 1)
-    threads: int = doc("torch threads per rank (CPU).", 2)
+    threads: int = doc("torch threads per rank (CPU). 1 is safest on a shared or time-shared box: "
+                       "oversubscribed OpenMP threads made steps up to 8x slower here.", 1)
     dist_backend: str = doc("torch.distributed backend: 'gloo' on CPU, 'nccl' on GPU.", "gloo")
 
     def validate(self):

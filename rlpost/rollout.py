@@ -1,0 +1,348 @@
+"""Rollout generation with vLLM, and loading new policy weights into the running engine.
+
+`RolloutWorker` wraps one vLLM `LLM` that runs in the caller's process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``): on CPU it starts in seconds instead of half a minute, and
+new weights are handed to the model as tensors with no serialisation. Use it as a Ray actor
+(`RolloutWorkerActor`, with `rollout_env(...)` as the actor's ``runtime_env`` env vars) so the
+engine owns its process: vLLM replaces ``torch.set_num_threads`` there and sets up its own
+``torch.distributed`` world.
+
+Weights arrive either as a ``{hf_name: tensor}`` dict through Ray's object store
+(`update_weights`) or by a broadcast from the learner's rank 0 over a private process group
+(`init_weight_group` + `receive_weights`; the sender side is `rlpost.weight_sync`). Either way
+the methods that touch the model run inside vLLM's worker through `RolloutWorkerExtension`.
+
+vLLM is imported only inside `RolloutWorker`, because its environment variables must be set
+before the first import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+
+from rlpost import weight_sync
+
+logger = logging.getLogger(__name__)
+
+EXTENSION_QUALNAME = "rlpost.rollout.RolloutWorkerExtension"
+
+
+@dataclass
+class Sample:
+    """One generated continuation of one prompt."""
+
+    token_ids: list[int]  # generated ids only (a stop token, when hit, is the last one)
+    logprobs: list[float]  # sampling logprob of each generated token
+    finish_reason: str  # "stop" (eos / stop token) or "length" (max_new_tokens reached)
+
+
+def rollout_env(cache_dir: str, kv_cache_gib: float, in_process: bool = True) -> dict[str, str]:
+    """Environment a rollout process needs before vLLM is first imported.
+
+    Meant for ``runtime_env={"env_vars": rollout_env(...)}`` of a rollout actor. `cache_dir` is
+    the project cache root (compile caches go below it). vLLM parses VLLM_CPU_KVCACHE_SPACE as a
+    whole number of GiB, so it is rounded up here; `RolloutWorker` passes the exact size itself.
+    """
+    cache = Path(cache_dir).expanduser()
+    # Unix socket paths are limited to ~107 bytes, so vLLM's sockets go to a short local
+    # folder rather than the (possibly deep, possibly network-mounted) cache folder.
+    rpc_dir = Path(tempfile.gettempdir()) / f"rlpost-{os.getuid()}" / "vllm-rpc"
+    return {
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "HF_HOME": str(cache / "hf"),
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(kv_cache_gib))),
+        "VLLM_RPC_BASE_PATH": str(rpc_dir),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1",
+        # The CPU platform needs spawn; set it up front so nothing forks a threaded process.
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def _default_cache_dir() -> str:
+    return os.environ.get("RLPOST_CACHE", str(Path.home() / ".cache" / "rlpost"))
+
+
+class RolloutWorkerExtension:
+    """Methods mixed into vLLM's worker class (``worker_extension_cls``).
+
+    They run where the model lives (the caller's process in in-process mode, vLLM's worker
+    process otherwise) and are called through ``LLM.collective_rpc``. ``self`` is the vLLM worker.
+    Names carry an ``rlpost_`` prefix so they cannot shadow a worker method.
+    """
+
+    def rlpost_load_weights(self, weights) -> float:
+        """Load HF-named weights (dict, list of pairs, or safetensors bytes); returns seconds."""
+        t0 = time.perf_counter()
+        if isinstance(weights, (bytes, bytearray)):
+            # Multiprocess mode: tensors do not survive vLLM's RPC, safetensors bytes do.
+            from safetensors.torch import load as load_safetensors
+
+            weights = load_safetensors(bytes(weights))
+        if isinstance(weights, Mapping):
+            weights = weights.items()
+        self._rlpost_reload(weights)
+        return time.perf_counter() - t0
+
+    def rlpost_init_weight_group(
+        self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str
+    ) -> None:
+        old = getattr(self, "_rlpost_group", None)
+        if old is not None:
+            old.close()
+        self._rlpost_group = weight_sync.create_weight_group(
+            master_addr, master_port, rank, world_size, backend=backend
+        )
+
+    def rlpost_receive_weights(self, specs) -> tuple[float, float]:
+        """Receive rank 0's broadcast of `specs` and load it; returns (receive s, load s)."""
+        group = getattr(self, "_rlpost_group", None)
+        if group is None:
+            raise RuntimeError("receive_weights called before init_weight_group")
+        # RPC may turn tuples into lists; the bucket plan only needs the values.
+        specs = [(name, tuple(shape), dt) for name, shape, dt in specs]
+        t0 = time.perf_counter()
+        # Receive everything first: a broadcast must not wait on model processing, or the
+        # sender (and every other receiver) stalls behind the slowest engine.
+        received = list(weight_sync.receive_broadcast(group, specs))
+        t1 = time.perf_counter()
+        self._rlpost_reload(received)
+        return t1 - t0, time.perf_counter() - t1
+
+    def rlpost_close_weight_group(self) -> None:
+        group = getattr(self, "_rlpost_group", None)
+        if group is not None:
+            group.close()
+            self._rlpost_group = None
+
+    def _rlpost_reload(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        _quiet_rotary_reload_warning()
+        # vLLM's layerwise reload: each layer is rebuilt from checkpoint-format (HF) tensors,
+        # then its post-load processing runs again. Plain `model.load_weights` is not enough on
+        # CPU, where linear weights are prepacked into kernel-specific buffers at load time.
+        self.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
+        # With tied embeddings the lm_head shares the embedding Parameter but is never loaded
+        # itself, so its post-load processing does not rerun; where that processing made a
+        # prepacked copy (CPU GEMM kernels), the head would keep the old weights. Rebuild it
+        # from the current weight: a few ms, harmless when untied, a no-op on GPU.
+        model = self.model_runner.get_model()
+        lm_head = getattr(model, "lm_head", None)
+        quant_method = getattr(lm_head, "quant_method", None)
+        if quant_method is not None and hasattr(lm_head, "weight"):
+            with torch.no_grad():
+                quant_method.process_weights_after_loading(lm_head)
+
+
+class _RotaryReloadFilter(logging.Filter):
+    """Drops vLLM's per-sync "RotaryEmbedding: Failed to load weights" warning.
+
+    Rotary tables are computed, never loaded, so a reload always "fails" to load them and vLLM
+    puts the existing tables back, which is correct; the warning would only fill the logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("RotaryEmbedding") and "Failed to load weights" in msg)
+
+
+def _quiet_rotary_reload_warning() -> None:
+    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _RotaryReloadFilter) for f in log.filters):
+        log.addFilter(_RotaryReloadFilter())
+
+
+class RolloutWorker:
+    """A vLLM engine in this process that samples rollouts and takes weight updates.
+
+    All arguments but `model_path` are keyword-only. `kv_cache_gib` sizes the KV cache (on CPU
+    it is committed at start). `logprobs_mode="processed_logprobs"` reports the logprob under the
+    distribution actually sampled from (after temperature / top-p); pass "raw_logprobs" for the
+    model's untempered log-softmax. `engine_kwargs` go to `vllm.LLM` unchanged.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "bfloat16",
+        max_model_len: int = 1024,
+        seed: int = 0,
+        enforce_eager: bool = False,
+        kv_cache_gib: float = 1.0,
+        logprobs_mode: str = "processed_logprobs",
+        engine_kwargs: dict | None = None,
+    ):
+        # Fill in whatever the launcher did not set; in-process is the default mode.
+        for key, value in rollout_env(_default_cache_dir(), kv_cache_gib).items():
+            os.environ.setdefault(key, value)
+        Path(os.environ["VLLM_RPC_BASE_PATH"]).mkdir(parents=True, exist_ok=True)
+        # The legacy variable is whole GiB and would override the exact size passed below.
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+
+        max_model_len = _fit_max_model_len(model_path, max_model_len)
+        from vllm import LLM
+
+        t0 = time.perf_counter()
+        self.llm = LLM(
+            model=str(model_path),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            kv_cache_memory_bytes=int(kv_cache_gib * 1024**3),
+            logprobs_mode=logprobs_mode,
+            worker_extension_cls=EXTENSION_QUALNAME,
+            disable_log_stats=True,
+            **(engine_kwargs or {}),
+        )
+        self.start_s = time.perf_counter() - t0
+        self.max_model_len = max_model_len
+        logger.info("vLLM engine for %s ready in %.1f s (in_process=%s, eager=%s)",
+                    model_path, self.start_s, self.in_process, enforce_eager)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop_token_ids: list[int] | None = None,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+    ) -> list[list[Sample]]:
+        """Sample `n` continuations of every prompt, all prompts in one engine call.
+
+        Prompts are token ids (text would let the tokenizer add a BOS). Generation stops at the
+        model's eos, at `stop_token_ids`, or after `max_new_tokens`; `ignore_eos=True` (for
+        benchmarks) only stops at the length. temperature 0 is greedy. With `seed`, prompt i
+        uses seed + i, so a step is reproducible and prompts do not share random streams.
+        Returns one list of `n` samples per prompt, in prompt order.
+        """
+        from vllm import SamplingParams
+
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(f"need n >= 1 and max_new_tokens >= 1, got {n=}, {max_new_tokens=}")
+        longest = max((len(p) for p in prompt_token_ids), default=0)
+        if longest + max_new_tokens > self.max_model_len:
+            raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds "
+                             f"max_model_len={self.max_model_len}")
+
+        def params(i: int) -> SamplingParams:
+            return SamplingParams(
+                n=n,
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop_token_ids=list(stop_token_ids or []),
+                ignore_eos=ignore_eos,
+                seed=None if seed is None else seed + i,
+                # 0 = only the sampled token's logprob (not the top-k), which is what RL needs.
+                logprobs=0,
+                detokenize=False,
+            )
+
+        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
+        sampling = [params(i) for i in range(len(prompts))] if seed is not None else params(0)
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        return [[_to_sample(c) for c in sorted(req.outputs, key=lambda c: c.index)]
+                for req in outputs]
+
+    # ------------------------------------------------------------------ weight sync
+
+    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
+        """Load a full set of HF-named weights (the model's state_dict) and return seconds taken.
+
+        Every weight must be present: a layer given only some of its tensors would be rebuilt
+        from uninitialised memory. Dtypes are converted to the engine's dtype.
+        """
+        t0 = time.perf_counter()
+        if self.in_process:
+            payload = named_tensors
+        else:
+            from safetensors.torch import save as save_safetensors
+
+            payload = save_safetensors({k: v.detach().contiguous().cpu().clone()
+                                        for k, v in named_tensors.items()})
+        self.llm.collective_rpc("rlpost_load_weights", args=(payload,))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        took = time.perf_counter() - t0
+        logger.info("weights updated through the object store in %.3f s", took)
+        return took
+
+    def init_weight_group(
+        self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str = "gloo"
+    ) -> None:
+        """Join the learner's weight-broadcast group as `rank` (>= 1); rank 0 must join too."""
+        if rank == 0:
+            raise ValueError("rank 0 is the learner; rollout workers take ranks 1..world_size-1")
+        self.llm.collective_rpc("rlpost_init_weight_group",
+                                args=(master_addr, master_port, rank, world_size, backend))
+
+    def receive_weights(self, specs: list[tuple[str, tuple[int, ...], str]]) -> float:
+        """Receive rank 0's broadcast of `specs` (see `weight_sync.weight_specs`) and load it.
+
+        Returns the seconds taken, including the wait for the sender.
+        """
+        t0 = time.perf_counter()
+        recv_s, load_s = self.llm.collective_rpc("rlpost_receive_weights", args=(specs,))[0]
+        self.llm.reset_prefix_cache()
+        took = time.perf_counter() - t0
+        logger.info("weights received by broadcast in %.3f s (receive %.3f s, load %.3f s)",
+                    took, recv_s, load_s)
+        return took
+
+    def close_weight_group(self) -> None:
+        self.llm.collective_rpc("rlpost_close_weight_group")
+
+    def ready(self) -> float:
+        """Seconds the engine took to start (also a cheap liveness call for Ray)."""
+        return self.start_s
+
+
+def _fit_max_model_len(model_path: str, max_model_len: int) -> int:
+    """Clamp to the model's position limit: vLLM refuses a longer max_model_len outright."""
+    config_file = Path(model_path) / "config.json"
+    if not config_file.is_file():
+        return max_model_len
+    limit = json.loads(config_file.read_text()).get("max_position_embeddings")
+    if isinstance(limit, int) and 0 < limit < max_model_len:
+        logger.warning("max_model_len=%d exceeds the model's max_position_embeddings=%d; using %d",
+                       max_model_len, limit, limit)
+        return limit
+    return max_model_len
+
+
+def _to_sample(completion) -> Sample:
+    ids = list(completion.token_ids)
+    per_token = completion.logprobs
+    if per_token is None or len(per_token) != len(ids):
+        raise RuntimeError("vLLM returned no per-token logprobs for a completion")
+    # Each position maps token id -> Logprob and always contains the sampled token.
+    logprobs = [float(per_token[i][tok].logprob) for i, tok in enumerate(ids)]
+    reason = completion.finish_reason
+    if reason not in ("stop", "length"):
+        raise RuntimeError(f"generation ended with finish_reason={reason!r}")
+    return Sample(token_ids=ids, logprobs=logprobs, finish_reason=reason)
+
+
+# Callers usually add options: RolloutWorkerActor.options(num_cpus=..., runtime_env=...).
+RolloutWorkerActor = ray.remote(RolloutWorker)

@@ -1,0 +1,50 @@
+"""The driver's pure step pieces: prompt order, and turning samples + rewards into trajectories."""
+
+import math
+
+import pytest
+
+from rlpost.config import load_config
+from rlpost.driver import RLConfig, build_trajectories, problems_at
+from rlpost.rollout import Sample
+
+
+def _cfg(*overrides):
+    return load_config(RLConfig, ["--rollout.n", "2", "--rollout.max_new_tokens", "4", *overrides])
+
+
+def _groups():
+    # Two prompts × two samples; the second sample of group 0 hit the length limit.
+    return [[Sample([5, 6], [-0.1, -0.2], "stop"), Sample([5, 6, 7, 8], [-0.1] * 4, "length")],
+            [Sample([9], [-0.3], "stop"), Sample([9, 9], [-0.3, -0.4], "stop")]]
+
+
+def test_group_advantages_and_zero_variance_drop():
+    trajs, stats = build_trajectories([[1, 2], [3]], _groups(), [1.0, 0.0, 0.5, 0.5], _cfg())
+    # Group 0: rewards 1, 0 → GRPO advantages +1, -1 (population std 0.5); group 1 has no spread.
+    assert [t.advantage for t in trajs] == pytest.approx([1.0, -1.0], abs=1e-4)
+    assert [t.prompt_ids for t in trajs] == [[1, 2], [1, 2]]
+    assert trajs[1].completion_ids == [5, 6, 7, 8] and trajs[1].completion_mask == [1, 1, 1, 1]
+    assert stats["groups_dropped_frac"] == 0.5 and stats["samples_kept"] == 2
+    assert stats["truncated_frac"] == 0.25 and stats["response_len/max"] == 4
+
+
+def test_keep_zero_variance_groups_when_disabled():
+    trajs, _ = build_trajectories([[1, 2], [3]], _groups(), [1.0, 0.0, 0.5, 0.5],
+                                  _cfg("--algo.drop_zero_variance_groups", "false"))
+    assert [t.advantage for t in trajs][2:] == [0.0, 0.0]
+
+
+def test_overlong_mask_and_missing_rewards():
+    trajs, stats = build_trajectories([[1, 2], [3]], _groups(), [1.0, 0.0, math.nan, 0.5],
+                                      _cfg("--algo.overlong", "mask"))
+    # The truncated sample is masked out; the unrewarded sample is excluded; group 1 has one
+    # valid reward left, so it carries no signal and is dropped too.
+    assert len(trajs) == 1 and trajs[0].completion_ids == [5, 6]
+
+
+def test_problems_at_is_a_pure_function_of_the_cursor():
+    pool = list(range(10))
+    first = problems_at(pool, 0, 10, seed=1)
+    assert sorted(first) == pool  # one epoch is a permutation
+    assert problems_at(pool, 4, 8, seed=1) == (first + problems_at(pool, 10, 10, seed=1))[4:12]
