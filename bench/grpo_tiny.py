@@ -50,7 +50,7 @@ def main() -> None:
     rl_minutes = sum(m["time/step"] for m in steps) / 60
     run(["recipes/sft.py", "--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(SFT_MODEL),
          "--run_dir", str(SFT_MORE_DIR), "--train.steps", "100000", "--train.max_minutes", f"{rl_minutes:.2f}",
-         "--train.checkpoint_every", "100000", "--optim.warmup_steps", "0", "--final_eval_samples", "0",
+         "--train.checkpoint_every", "100000", "--optim.warmup_steps", "0", "--sampled_eval_tasks", "[]",
          "--checkpoint_eval.problems_per_task", "20", "--final_eval.problems_per_task", "20"])
 
     init_ray()

@@ -1,10 +1,11 @@
-"""The whole tiny pipeline on CPU: tokenizer + pretrain → SFT, with held-out accuracy at the end.
+"""The whole tiny pipeline on CPU: tokenizer + pretrain → SFT → GRPO, with held-out accuracy.
 
     python recipes/pipeline.py            (what `make quickstart` runs)
 
 Each stage runs as its own recipe process with its config from recipes/configs/, exactly as a
-user would run it, into runs/. The wall time and the SFT model's held-out accuracy per task
-(greedy, sampled, and at each SFT checkpoint) are written to bench/results/quickstart.json.
+user would run it, into runs/. The wall time, the SFT model's held-out accuracy per task
+(greedy, sampled, and at each SFT checkpoint) and held-out arithmetic accuracy before and after
+a short GRPO run are written to bench/results/quickstart.json.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = [
     ("pretrain", ["recipes/pretrain.py", "--config", "recipes/configs/pretrain_tiny.yaml"]),
     ("sft", ["recipes/sft.py", "--config", "recipes/configs/sft_tiny.yaml"]),
+    ("grpo", ["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--max_minutes", "4"]),
 ]
 
 
 def main() -> None:
     from rlpost.evaluate import format_table
-    from rlpost.metrics import write_json
+    from rlpost.metrics import read_metrics, write_json
 
     start = time.time()
     stage_s = {}
@@ -36,6 +38,9 @@ def main() -> None:
         stage_s[name] = round(time.time() - t0, 1)
     wall = round(time.time() - start, 1)
     report = json.loads((ROOT / "runs/sft_tiny/eval.json").read_text())
+    rl = read_metrics(ROOT / "runs/grpo_tiny")
+    rl_before = next(m for m in rl if m["step"] == 0 and "eval/arithmetic" in m)["eval/arithmetic"]
+    rl_after = next(m for m in reversed(rl) if "final/eval/arithmetic" in m)["final/eval/arithmetic"]
     results = {
         "command": "make quickstart  (python recipes/pipeline.py)",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -44,12 +49,15 @@ def main() -> None:
             "sft_accuracy": {t: r["accuracy"] for t, r in report["greedy"].items() if t != "transcripts"},
             "sft_sampled_pass@1": {t: r["accuracy"] for t, r in report.get("sampled", {}).items() if t != "transcripts"},
             "sft_checkpoints_greedy": report["checkpoints"],
+            "grpo_greedy_arithmetic": {"before": rl_before, "after": rl_after,
+                                       "steps": max(m["step"] for m in rl)},
             "stage_wall_s": stage_s,
         },
     }
     write_json(ROOT / "bench/results/quickstart.json", results)
     print(f"\nheld-out greedy accuracy of the SFT model (whole pipeline {wall / 60:.1f} min):")
     print(format_table(report["greedy"]))
+    print(f"held-out greedy arithmetic accuracy before GRPO {rl_before:.3f}, after GRPO {rl_after:.3f}")
 
 
 if __name__ == "__main__":

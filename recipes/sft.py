@@ -28,14 +28,14 @@ from rlpost.trainer import EngineConfig, OptimConfig
 @dataclass
 class SFTData:
     tasks: dict[str, int] = doc("Worked solutions per synthetic task (the scarce SFT set).",
-                                {"arithmetic": 400, "spelling_bee": 300, "spelling": 200, "compare": 200})
+                                {"arithmetic": 800, "spelling_bee": 300, "spelling": 200, "compare": 200})
     conversations: list[str] = doc("JSONL files of {'messages': [...]} conversations to train on as well.", [])
     tool_calls: bool = doc("Spelling-bee solutions end with a Python check (needs tool-using rollouts).", False)
 
 
 @dataclass
 class SFTTrain:
-    steps: int = doc("Optimizer steps.", 400)
+    steps: int = doc("Optimizer steps.", 600)
     max_minutes: float = doc("Stop (with a checkpoint) after this many minutes of training; 0 = no limit.", 0.0)
     batch_size: int = doc("Conversations per step.", 32)
     checkpoint_every: int = doc("Checkpoint (and held-out greedy eval) every N steps.", 100)
@@ -54,8 +54,10 @@ class SFTConfig:
     engine: EngineConfig = section(EngineConfig)
     vllm: VLLMConfig = section(VLLMConfig)
     checkpoint_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=100))
-    final_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=500))
-    final_eval_samples: int = doc("Sampled answers (temperature 1) per problem in the final eval; 0 skips sampling.", 4)
+    final_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=200))
+    sampled_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=500, samples=4, temperature=1.0))
+    sampled_eval_tasks: list[str] = doc("Tasks evaluated by sampling (sampled pass@1 and pass@k) at the end; [] skips it.",
+                                        ["arithmetic"])
     logging: LoggingConfig = section(LoggingConfig)
 
 
@@ -122,17 +124,18 @@ def main(cfg: SFTConfig) -> dict:
     ray.get(worker.update_weights.remote(trainer.full_state_dict()))
     final = held_out(cfg.data.tasks, cfg.final_eval.problems_per_task)
     report = {"greedy": evaluate(worker, tokenizer, final, cfg.final_eval)}
-    if cfg.final_eval_samples:
-        sampled_cfg = dataclasses.replace(cfg.final_eval, temperature=1.0, samples=cfg.final_eval_samples)
-        report["sampled"] = evaluate(worker, tokenizer, final, sampled_cfg)
+    if cfg.sampled_eval_tasks:
+        report["sampled"] = evaluate(worker, tokenizer, held_out(cfg.sampled_eval_tasks, cfg.sampled_eval.problems_per_task),
+                                     cfg.sampled_eval)
     # Held-out greedy accuracy at each checkpoint: flat at the end means SFT has plateaued.
     report["checkpoints"] = [{"step": m["step"], **{k[5:]: v for k, v in m.items() if k.startswith("eval/")}}
                              for m in read_metrics(run_dir) if any(k.startswith("eval/") for k in m)]
     write_json(run_dir / "eval.json", report)
     print("held-out greedy accuracy:\n" + format_table(report["greedy"]))
     if "sampled" in report:
-        print(f"held-out sampled (T=1, {cfg.final_eval_samples} per problem):\n"
-              + format_table(report["sampled"], ("accuracy", f"pass@{cfg.final_eval_samples}")))
+        k = cfg.sampled_eval.samples
+        print(f"held-out sampled (T={cfg.sampled_eval.temperature}, {k} per problem):\n"
+              + format_table(report["sampled"], ("accuracy", f"pass@{k}")))
     ray.kill(worker)
     return report
 

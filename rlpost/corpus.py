@@ -54,7 +54,7 @@ def _scratch_work(rng: random.Random) -> str:
     # in real text: the numbers and operations, but no worded solution and no final answer line.
     lines = []
     for _ in range(rng.randint(1, 3)):
-        prompt, steps, _ = rng.choice(ARITHMETIC_TEMPLATES)(rng, 20)
+        prompt, steps, _ = rng.choice(ARITHMETIC_TEMPLATES)(rng, 12)
         if prompt in held_out_prompts("arithmetic"):
             continue
         lines.append(prompt + "\n" + ". ".join(re.findall(r"\d+ [-+*/] \d+ = \d+", " ".join(steps))) + ".")

@@ -401,7 +401,7 @@ def train(cfg: RLConfig) -> dict:
         metrics["time/rollout"], metrics["time/reward"] = t_rollout, t_reward
 
         if trajectories:
-            learner_metrics = _mean_over_ranks(ray.get([lr.train.remote(trajectories) for lr in actors.learners]))
+            learner_metrics = _mean_over_ranks(ray.get([lr.train.remote(trajectories, cfg.rollout.temperature) for lr in actors.learners]))
             metrics.update(learner_metrics)
         else:
             print(f"step {step + 1}: every group was dropped (no reward signal); skipping the update")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlpost.algorithms import aggregate_loss, kl_penalty, ppo_clip_loss
+from rlpost.algorithms import aggregate_loss, kl_penalty, masked_mean, ppo_clip_loss
 from rlpost.config import doc
 from rlpost.trainer import DeepSpeedTrainer, EngineConfig, OptimConfig, token_logprobs
 
@@ -95,9 +95,13 @@ class Learner:
         self.weight_group = None
 
     # -- the update ----------------------------------------------------------------------------
-    def train(self, trajectories: list[Trajectory]) -> dict:
-        """PPO-clip policy-gradient update on this rank's shard; returns metrics (rank-local)."""
+    def train(self, trajectories: list[Trajectory], temperature: float = 1.0) -> dict:
+        """PPO-clip policy-gradient update on this rank's shard; returns metrics (rank-local).
+
+        `temperature` is the sampling temperature: the policy being trained is the tempered one,
+        whose logprobs are what vLLM reports for the sampled tokens."""
         cfg = self.loss_cfg
+        self.temperature = temperature
         shard = trajectories[self.rank :: self.world_size]
         batch = pack(shard, self.tokenizer.pad_token_id)
         n = len(shard)
@@ -145,7 +149,7 @@ class Learner:
         cfg = self.loss_cfg
         input_ids = batch["input_ids"][idx]
         mask = batch["mask"][idx]
-        logits = self.trainer.logits(input_ids)
+        logits = self.trainer.logits(input_ids) / self.temperature
         logprobs = token_logprobs(logits, input_ids)
         old = old_lp[idx] if old_lp is not None else logprobs.detach()
         per_token, clipped = ppo_clip_loss(logprobs, old, batch["advantages"][idx], cfg.clip_low, cfg.clip_high)
@@ -153,7 +157,7 @@ class Learner:
         if ref_lp is not None:
             kl = kl_penalty(logprobs, ref_lp[idx], cfg.kl_estimator)
             per_token = per_token + cfg.kl_coef * kl
-            metrics["kl"] = _masked_mean(kl.detach(), mask)
+            metrics["kl"] = masked_mean(kl.detach(), mask).item()
         loss = aggregate_loss(per_token, mask, cfg.loss_agg, max_len=cfg.max_len)
         with torch.no_grad():
             probs_logits = logits[:, :-1].float()
@@ -161,14 +165,14 @@ class Learner:
             # Training/inference mismatch: how far the learner's probability of each sampled
             # token is from the probability vLLM sampled it with.
             gap = (logprobs.detach() - batch["sampling_logprobs"][idx]).exp().sub(1).abs()
-        metrics.update(loss=loss.item(), entropy=_masked_mean(entropy, mask), clip_frac=_masked_mean(clipped.float(), mask),
-                       logprob_gap=_masked_mean(gap, mask))
+        metrics.update(loss=loss.item(), entropy=masked_mean(entropy, mask).item(), clip_frac=masked_mean(clipped.float(), mask).item(),
+                       logprob_gap=masked_mean(gap, mask).item())
         return loss, metrics
 
     @torch.no_grad()
     def _policy_logprobs(self, batch) -> torch.Tensor:
         self.trainer.engine.eval()
-        out = torch.cat([token_logprobs(self.trainer.logits(batch["input_ids"][sl]), batch["input_ids"][sl])
+        out = torch.cat([token_logprobs(self.trainer.logits(batch["input_ids"][sl]) / self.temperature, batch["input_ids"][sl])
                          for sl in _micro_batches(len(batch["input_ids"]), self.loss_cfg.micro_batch_size)])
         self.trainer.engine.train()
         return out
@@ -176,7 +180,7 @@ class Learner:
     @torch.no_grad()
     def _reference_logprobs(self, batch) -> torch.Tensor:
         ids = batch["input_ids"]
-        return torch.cat([token_logprobs(self.reference(input_ids=ids[sl], use_cache=False).logits, ids[sl])
+        return torch.cat([token_logprobs(self.reference(input_ids=ids[sl], use_cache=False).logits / self.temperature, ids[sl])
                           for sl in _micro_batches(len(ids), self.loss_cfg.micro_batch_size)])
 
     # -- weights -------------------------------------------------------------------------------
@@ -216,7 +220,3 @@ class Learner:
 
     def save_hf(self, path: str) -> None:
         self.trainer.save_hf(path, self.tokenizer)
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    return float((x * mask).sum() / mask.sum().clamp(min=1))

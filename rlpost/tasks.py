@@ -112,7 +112,7 @@ def _saving(rng: random.Random, hi: int):
 ARITHMETIC_TEMPLATES = [_buy_total, _unit_price, _give_away, _containers, _ages, _saving]
 
 
-def arithmetic(rng: random.Random, max_number: int = 20) -> Problem:
+def arithmetic(rng: random.Random, max_number: int = 12) -> Problem:
     prompt, steps, answer = rng.choice(ARITHMETIC_TEMPLATES)(rng, max_number)
     return Problem("arithmetic", prompt, _answer(steps, answer), str(answer))
 

@@ -94,7 +94,7 @@ def masked_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: tor
 
 class DeepSpeedTrainer:
     def __init__(self, model_path: str, optim: OptimConfig, engine_cfg: EngineConfig, *, total_steps: int,
-                 micro_batch_size: int, rank: int = 0, master_addr: str = "127.0.0.1", master_port: int = 29500,
+                 micro_batch_size: int, rank: int = 0, master_addr: str = "127.0.0.1", master_port: int | None = None,
                  seed: int = 0, gradient_checkpointing: bool = False):
         import deepspeed
 
@@ -102,6 +102,10 @@ class DeepSpeedTrainer:
 
         torch.set_num_threads(engine_cfg.threads)
         torch.manual_seed(seed + rank)
+        if master_port is None:  # a single local rank: any free port will do
+            from rlpost.weight_sync import free_port
+
+            master_port = free_port()
         init_distributed(rank, engine_cfg.world_size, master_addr, master_port, engine_cfg.dist_backend)
         self.rank, self.optim_cfg = rank, optim
         model = load_model(model_path)

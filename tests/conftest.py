@@ -47,7 +47,7 @@ def sft_run(pretrained, tmp_path_factory) -> Path:
                           "--run_dir", str(run_dir), "--data.tasks", "{arithmetic: 64, spelling_bee: 32}",
                           "--train.steps", "20", "--train.batch_size", "16", "--train.checkpoint_every", "10",
                           "--checkpoint_eval.problems_per_task", "8", "--final_eval.problems_per_task", "16",
-                          "--final_eval_samples", "2", "--logging.wandb_mode", "disabled"])
+                          "--sampled_eval.problems_per_task", "16", "--sampled_eval.samples", "2", "--sampled_eval_tasks", "[arithmetic]", "--logging.wandb_mode", "disabled"])
     return run_dir
 
 
