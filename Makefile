@@ -1,5 +1,5 @@
 # rlpost: the two commands of the README.
-#   make quickstart   set up (if needed) and run tokenizer -> pretrain -> SFT on the tiny model (CPU)
+#   make quickstart   set up (if needed) and run tokenizer -> pretrain -> SFT -> GRPO on the tiny model (CPU)
 #   make test         set up (if needed) and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -11,9 +11,8 @@ that runs one reward imports only that reward's module (math-verify and sympy
 take about a second to import). `BUILTIN_REWARDS` maps the names to the
 functions themselves and imports them all on first use.
 
-Still to come: a "code" reward that runs a completion's code against tests. It
-needs the execution sandbox (`sandbox/`) and will live in ``rewards/code.py``,
-registered here as "code" once it exists.
+"code" runs a completion's program against the sample's tests in the sandbox
+(`sandbox/`).
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ BUILTIN_REFERENCES: dict[str, str] = {
     "format": "rewards.format:format_reward",
     "length": "rewards.length:length_reward",
     "overlong": "rewards.length:overlong_reward",
+    "code": "rewards.code:code_reward",
 }
 
 

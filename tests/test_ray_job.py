@@ -59,14 +59,19 @@ def ray_head():
 def test_grpo_via_ray_job_submit(ray_head, sft_run, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "grpo_job"
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+    command = [
+        str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
          "--", sys.executable, "recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml",
          "--model_path", str(sft_run / "model"), "--run_dir", str(run_dir), "--steps", "1", "--eval_every", "0",
          "--rollout.prompts_per_step", "4", "--rollout.n", "4", "--rollout.max_new_tokens", "32",
          "--rewards.functions", "[{name: math}, {name: length, weight: 0.5}]",
-         "--vllm.kv_cache_gib", "0.25", "--logging.wandb_mode", "disabled"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+         "--vllm.kv_cache_gib", "0.25", "--logging.wandb_mode", "disabled"]
+    for _attempt in range(30):
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        # The dashboard answers HTTP a few seconds before its job agent accepts submissions.
+        if "No available agent to submit job" not in proc.stderr:
+            break
+        time.sleep(2)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "succeeded" in proc.stdout
     assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1]
