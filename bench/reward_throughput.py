@@ -36,7 +36,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from rewards.math import math_reward  # noqa: E402
 from rlpost.rewarding import RewardComputer, RewardSpec  # noqa: E402
 
-GSM8K_TRAIN = Path("/work/shared/data/gsm8k/train.jsonl.gz")
+GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl.gz"
 RESULTS = PROJECT_ROOT / "bench" / "results" / "reward_throughput.json"
 BATCH_SIZE = 256
 IN_FLIGHT_PER_WORKER = 2  # a second batch queued per worker hides the round trip

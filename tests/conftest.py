@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,9 +52,10 @@ def sft_run(pretrained, tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A private local Ray for tests that drive actors from the test process."""
+    """A private local Ray for tests that drive actors from the test process (one per module, so
+    modules never see each other's actors)."""
     import ray
 
     from rlpost.cache import cache_env
@@ -63,3 +65,4 @@ def ray_cluster():
              runtime_env={"env_vars": cache_env()}, configure_logging=False)
     yield
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

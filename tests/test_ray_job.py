@@ -36,7 +36,10 @@ def ray_head():
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-         f"--ray-client-server-port={_free_port() % 10000 + 30000}", "--disable-usage-stats"],
+         f"--ray-client-server-port={_free_port() % 10000 + 30000}", "--disable-usage-stats",
+         # Private agent ports: another Ray on this machine (e.g. a test's ray.init) holds the defaults.
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120

@@ -18,7 +18,7 @@ from rewards.length import length_reward, overlong_penalty, overlong_reward
 from rewards.math import math_reward
 from rewards.spelling import letter_count_reward, spelling_reward
 
-GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl.gz")
+GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/test.jsonl.gz"
 
 
 def score_math(completion: str, gold: str) -> float | None:
@@ -26,7 +26,7 @@ def score_math(completion: str, gold: str) -> float | None:
 
 
 def test_registry_names_every_builtin():
-    assert set(BUILTIN_REWARDS) == {"math", "letter_count", "spelling", "format", "length", "overlong"}
+    assert set(BUILTIN_REWARDS) == {"math", "letter_count", "spelling", "format", "length", "overlong", "code"}
     assert set(BUILTIN_REFERENCES) == set(BUILTIN_REWARDS)
     assert BUILTIN_REWARDS["math"] is math_reward
     assert rewards.math_reward is math_reward

@@ -126,18 +126,6 @@ def state_dict_for_sync(model):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    # A private temp dir keeps this cluster's address file away from other ray.init() calls;
-    # it must be short because Ray puts unix sockets below it.
-    temp_dir = tempfile.mkdtemp(prefix="rlt", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_llama")
     return {
