@@ -237,8 +237,9 @@ def _split(items: list, parts: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
 
 
-def rollout(actors: Actors, tokenizer, problems: list, cfg: RolloutConfig) -> list[list]:
-    """n samples per problem, prompts spread evenly over the rollout workers (one call each)."""
+def rollout(actors: Actors, tokenizer, problems: list, cfg: RolloutConfig) -> tuple[list[list[int]], list[list]]:
+    """Prompt ids and n samples per problem; prompts spread evenly over the rollout workers
+    (one engine call each)."""
     import ray
 
     from rlpost.chat import prompt_ids
