@@ -360,13 +360,17 @@ def train(cfg: RLConfig) -> dict:
 
     start = time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc="rl")
-    eval_metrics = {}
     if step == 0 and cfg.eval_every:
-        eval_metrics = run_eval()
-        logger.log(0, eval_metrics)
+        logger.log(0, run_eval())
+
+    def save_checkpoint() -> None:
+        ray.get([lr.save_checkpoint.remote(str(run_dir), step, {"cursor": cursor}) for lr in actors.learners])
+
     while step < cfg.steps:
         if cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes:
             print(f"stopping after {cfg.max_minutes} minutes of RL (step {step})")
+            if step % cfg.checkpoint_every:
+                save_checkpoint()  # so the run can be resumed from exactly here
             break
         metrics: dict = {}
         t_step = time.perf_counter()
@@ -410,12 +414,11 @@ def train(cfg: RLConfig) -> dict:
         metrics["time/sync"] = actors.sync_weights() if trajectories and step % cfg.sync.every == 0 else 0.0
         if cfg.eval_every and step % cfg.eval_every == 0:
             t0 = time.perf_counter()
-            eval_metrics = run_eval()
-            metrics.update(eval_metrics)
+            metrics.update(run_eval())
             metrics["time/eval"] = time.perf_counter() - t0
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             t0 = time.perf_counter()
-            ray.get([lr.save_checkpoint.remote(str(run_dir), step, {"cursor": cursor}) for lr in actors.learners])
+            save_checkpoint()
             metrics["time/checkpoint"] = time.perf_counter() - t0
         metrics["time/step"] = time.perf_counter() - t_step
         logger.log(step, metrics)
