@@ -167,8 +167,9 @@ def main() -> None:
         "wall_s": time.perf_counter() - bench_started,
         "metrics": metrics,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    from rlpost.metrics import write_json
+
+    write_json(RESULTS, report)
     print(f"wrote {RESULTS}")
 
 

@@ -113,8 +113,9 @@ def main():
         "wall_s": time.monotonic() - started,
         "metrics": metrics,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    from rlpost.metrics import write_json
+
+    write_json(RESULTS, report)
     print(json.dumps(report, indent=2))
 
 

@@ -68,6 +68,13 @@ def column(columns_value: Any, index: int, name: str) -> Any:
     return columns_value[index]
 
 
+def score_against_answer(score_one: Callable[[str, Any], float], completions, answer) -> list[float | None]:
+    """`score_one(completion_text, gold)` for every sample; None where the gold answer is None."""
+    golds = [column(answer, index, "answer") for index in range(len(completions))]
+    return [None if gold is None else score_one(completion_text(completion), gold)
+            for completion, gold in zip(completions, golds)]
+
+
 def completion_text(completion: Any) -> str:
     """The text of a completion: a string, or conversational messages joined."""
     # Conversational completions are lists of {"role": ..., "content": ...} messages.

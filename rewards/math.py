@@ -34,7 +34,7 @@ import sympy
 from math_verify import parse, verify
 
 from rewards.answers import as_fraction, clean_answer, extract_final_answer, extract_gold_answer
-from rewards.base import column, completion_text
+from rewards.base import score_against_answer
 
 # math-verify warns on every call that its timeout is disabled; we enforce time
 # ourselves (see module docstring), so the warning is noise.
@@ -110,8 +110,4 @@ def math_reward(prompts, completions, answer=None, **_columns) -> list[float | N
 
     A sample whose gold answer is None gets None (no opinion).
     """
-    scores: list[float | None] = []
-    for index, completion in enumerate(completions):
-        gold = column(answer, index, "answer")
-        scores.append(None if gold is None else score_math(completion_text(completion), gold))
-    return scores
+    return score_against_answer(score_math, completions, answer)

@@ -23,7 +23,7 @@ from rewards.answers import (
     last_answer_phrase,
     last_boxed,
 )
-from rewards.base import column, completion_text
+from rewards.base import score_against_answer
 
 
 def score_letter_count(completion: str, gold) -> float:
@@ -39,11 +39,7 @@ def score_letter_count(completion: str, gold) -> float:
 
 def letter_count_reward(prompts, completions, answer=None, **_columns) -> list[float | None]:
     """Batched letter-count reward; needs the ``answer`` column (the count)."""
-    scores: list[float | None] = []
-    for index, completion in enumerate(completions):
-        gold = column(answer, index, "answer")
-        scores.append(None if gold is None else score_letter_count(completion_text(completion), gold))
-    return scores
+    return score_against_answer(score_letter_count, completions, answer)
 
 
 def spelled_letters(text: str) -> str | None:
@@ -74,8 +70,4 @@ def score_spelling(completion: str, gold: str) -> float:
 
 def spelling_reward(prompts, completions, answer=None, **_columns) -> list[float | None]:
     """Batched spelling reward; needs the ``answer`` column (the spelled form)."""
-    scores: list[float | None] = []
-    for index, completion in enumerate(completions):
-        gold = column(answer, index, "answer")
-        scores.append(None if gold is None else score_spelling(completion_text(completion), gold))
-    return scores
+    return score_against_answer(score_spelling, completions, answer)
