@@ -22,20 +22,21 @@ from rlpost.cluster import VLLMConfig
 from rlpost.config import doc, parse_config, save_config, section
 from rlpost.evaluate import EvalConfig
 from rlpost.metrics import LoggingConfig
+from rlpost.tools import ToolConfig
 from rlpost.trainer import EngineConfig, OptimConfig
 
 
 @dataclass
 class SFTData:
     tasks: dict[str, int] = doc("Worked solutions per synthetic task (the scarce SFT set).",
-                                {"arithmetic": 800, "spelling_bee": 300, "spelling": 200, "compare": 200})
+                                {"arithmetic": 800, "spelling_bee": 200, "spelling": 100, "compare": 100})
     conversations: list[str] = doc("JSONL files of {'messages': [...]} conversations to train on as well.", [])
-    tool_calls: bool = doc("Spelling-bee solutions end with a Python check (needs tool-using rollouts).", False)
+    tool_calls: bool = doc("Spelling-bee solutions end with a Python check (`tools.enabled` at RL and eval time runs it).", True)
 
 
 @dataclass
 class SFTTrain:
-    steps: int = doc("Optimizer steps.", 600)
+    steps: int = doc("Optimizer steps.", 1000)
     max_minutes: float = doc("Stop (with a checkpoint) after this many minutes of training; 0 = no limit.", 0.0)
     batch_size: int = doc("Conversations per step.", 32)
     checkpoint_every: int = doc("Checkpoint (and held-out greedy eval) every N steps.", 100)
@@ -124,6 +125,10 @@ def main(cfg: SFTConfig) -> dict:
     ray.get(worker.update_weights.remote(trainer.full_state_dict()))
     final = held_out(cfg.data.tasks, cfg.final_eval.problems_per_task)
     report = {"greedy": evaluate(worker, tokenizer, final, cfg.final_eval)}
+    if cfg.data.tool_calls and "spelling_bee" in cfg.data.tasks:
+        # The same model, but its Python calls now run in the sandbox instead of being guessed.
+        report["greedy_with_tool"] = evaluate(worker, tokenizer, held_out(["spelling_bee"], cfg.final_eval.problems_per_task),
+                                              cfg.final_eval, tools=ToolConfig(enabled=True))
     if cfg.sampled_eval_tasks:
         report["sampled"] = evaluate(worker, tokenizer, held_out(cfg.sampled_eval_tasks, cfg.sampled_eval.problems_per_task),
                                      cfg.sampled_eval)
@@ -132,6 +137,8 @@ def main(cfg: SFTConfig) -> dict:
                              for m in read_metrics(run_dir) if any(k.startswith("eval/") for k in m)]
     write_json(run_dir / "eval.json", report)
     print("held-out greedy accuracy:\n" + format_table(report["greedy"]))
+    if "greedy_with_tool" in report:
+        print("with the Python tool:\n" + format_table(report["greedy_with_tool"], ("accuracy", "tool_calls")))
     if "sampled" in report:
         k = cfg.sampled_eval.samples
         print(f"held-out sampled (T={cfg.sampled_eval.temperature}, {k} per problem):\n"

@@ -25,6 +25,7 @@ from rlpost.evaluate import EvalConfig
 from rlpost.learner import PolicyLossConfig, Trajectory
 from rlpost.metrics import LoggingConfig
 from rlpost.rewarding import RewardSpec
+from rlpost.tools import ToolConfig
 from rlpost.trainer import EngineConfig, OptimConfig
 
 
@@ -106,6 +107,7 @@ class RLConfig:
     engine: EngineConfig = section(EngineConfig)
     sync: SyncConfig = section(SyncConfig)
     rewards: RewardsConfig = section(RewardsConfig)
+    tools: ToolConfig = section(ToolConfig)
     placement: PlacementConfig = section(PlacementConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=200))
     logging: LoggingConfig = section(LoggingConfig)
@@ -237,9 +239,9 @@ def _split(items: list, parts: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
 
 
-def rollout(actors: Actors, tokenizer, problems: list, cfg: RolloutConfig) -> tuple[list[list[int]], list[list]]:
-    """Prompt ids and n samples per problem; prompts spread evenly over the rollout workers
-    (one engine call each)."""
+def rollout(actors: Actors, tokenizer, problems: list, cfg: RolloutConfig, tools: ToolConfig):
+    """Prompt ids, n samples per problem, and the tool wall time of the slowest worker; prompts
+    spread evenly over the rollout workers (one `generate` call each)."""
     import ray
 
     from rlpost.chat import prompt_ids
@@ -248,10 +250,11 @@ def rollout(actors: Actors, tokenizer, problems: list, cfg: RolloutConfig) -> tu
     ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
     chunks = _split(ids, len(actors.rollouts))
     refs = [w.generate.remote(chunk, n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                              top_p=cfg.top_p, stop_token_ids=stop_token_ids(tokenizer))
+                              top_p=cfg.top_p, stop_token_ids=stop_token_ids(tokenizer), tools=tools)
             for w, chunk in zip(actors.rollouts, chunks) if chunk]
-    groups = [g for part in ray.get(refs) for g in part]
-    return ids, groups
+    parts = ray.get(refs)
+    tool_s = max(sum(s.tool_s for g in part for s in g) for part in parts)
+    return ids, [g for part in parts for g in part], tool_s
 
 
 def score(actors: Actors, problems: list, texts: list[str], n: int, num_tokens: list[int], max_tokens: int):
@@ -305,13 +308,15 @@ def build_trajectories(prompt_ids: list[list[int]], groups: list[list], rewards:
     if algo.overlong == "mask":
         keep &= ~truncated
     trajectories = [
-        Trajectory(prompt_ids[i // n], s.token_ids, s.logprobs, getattr(s, "loss_mask", None) or [1] * len(s.token_ids),
+        Trajectory(prompt_ids[i // n], s.token_ids, s.logprobs, s.loss_mask or [1] * len(s.token_ids),
                    float(advantages[i]))
         for i, s in enumerate(samples) if keep[i]
     ]
+    calls = torch.tensor([float(s.tool_calls) for s in samples])
     stats = {"groups_dropped_frac": float(dropped_groups.float().mean()), "samples_kept": int(keep.sum()),
              "response_len/mean": float(lengths.float().mean()), "response_len/max": int(lengths.max()),
-             "truncated_frac": float(truncated.float().mean())}
+             "truncated_frac": float(truncated.float().mean()),
+             "tool/calls_per_sample": float(calls.mean()), "tool/samples_with_call_frac": float((calls > 0).float().mean())}
     return trajectories, stats
 
 
@@ -355,7 +360,7 @@ def train(cfg: RLConfig) -> dict:
             print(f"resumed from step {step}")
 
     def run_eval() -> dict:
-        result = evaluate(actors.rollouts[0], tokenizer, held_out, cfg.eval)
+        result = evaluate(actors.rollouts[0], tokenizer, held_out, cfg.eval, tools=cfg.tools)
         return {f"eval/{t}": r["accuracy"] for t, r in result.items() if t != "transcripts"}
 
     start = time.time()
@@ -375,13 +380,14 @@ def train(cfg: RLConfig) -> dict:
         metrics: dict = {}
         t_step = time.perf_counter()
         trajectories, stats_rounds, reward_rows, acc_rows = [], [], [], []
-        t_rollout = t_reward = 0.0
+        t_rollout = t_reward = t_tool = 0.0
         for _round in range(1 + cfg.algo.refill_rounds):
             problems = problems_at(pool, cursor, cfg.rollout.prompts_per_step, cfg.seed)
             cursor += len(problems)
             t0 = time.perf_counter()
-            ids, groups = rollout(actors, tokenizer, problems, cfg.rollout)
-            t_rollout += time.perf_counter() - t0
+            ids, groups, tool_s = rollout(actors, tokenizer, problems, cfg.rollout, cfg.tools)
+            t_rollout += time.perf_counter() - t0 - tool_s
+            t_tool += tool_s
             t0 = time.perf_counter()
             samples = [s for g in groups for s in g]
             texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
@@ -404,6 +410,8 @@ def train(cfg: RLConfig) -> dict:
         metrics["reward/std"] = (sum((r - metrics["reward/mean"]) ** 2 for r in reward_rows) / max(1, len(reward_rows))) ** 0.5
         metrics["accuracy"] = sum(acc_rows) / max(1, len(acc_rows))
         metrics["time/rollout"], metrics["time/reward"] = t_rollout, t_reward
+        if cfg.tools.enabled:
+            metrics["time/tool"] = t_tool
 
         if trajectories:
             learner_metrics = _mean_over_ranks(ray.get([lr.train.remote(trajectories, cfg.rollout.temperature) for lr in actors.learners]))

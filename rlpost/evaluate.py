@@ -42,8 +42,9 @@ def score_completions(problems: list[Problem], completions: list[str]) -> list[f
     return scores
 
 
-def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig) -> dict:
-    """Sample `cfg.samples` answers per problem on a RolloutWorker actor and score them.
+def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=None) -> dict:
+    """Sample `cfg.samples` answers per problem on a RolloutWorker actor and score them
+    (with the Python tool when `tools` is an enabled `rlpost.tools.ToolConfig`).
 
     Returns {task: {"accuracy", "pass@k", "mean_tokens", "truncated"}, ..., "transcripts": [...]}
     where accuracy is the mean over all samples (pass@1) and pass@k counts a problem solved if
@@ -55,7 +56,7 @@ def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig) -> dic
 
     outputs = ray.get(worker.generate.remote(
         [prompt_ids(tokenizer, p.prompt) for p in problems], n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, stop_token_ids=stop_token_ids(tokenizer)))
+        temperature=cfg.temperature, stop_token_ids=stop_token_ids(tokenizer), tools=tools))
     flat_problems = [p for p in problems for _ in range(cfg.samples)]
     flat_samples = [s for group in outputs for s in group]
     texts = tokenizer.batch_decode([s.token_ids for s in flat_samples], skip_special_tokens=True)
@@ -66,10 +67,12 @@ def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig) -> dic
         stats["score"].append(score)
         stats["tokens"].append(len(s.token_ids))
         stats["truncated"].append(s.finish_reason == "length")
+        stats["tool_calls"].append(s.tool_calls)
         if i % cfg.samples == cfg.samples - 1:
             stats["solved"].append(max(stats["score"][-cfg.samples:]))
     result = {task: {"accuracy": _mean(st["score"]), f"pass@{cfg.samples}": _mean(st["solved"]),
                      "mean_tokens": _mean(st["tokens"]), "truncated": _mean(st["truncated"]),
+                     "tool_calls": _mean(st["tool_calls"]),
                      "problems": len(st["solved"])}
               for task, st in per_task.items()}
     result["transcripts"] = [{"task": p.task, "prompt": p.prompt, "answer": p.answer, "completion": t, "correct": sc}

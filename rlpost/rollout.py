@@ -32,6 +32,8 @@ import ray
 import torch
 
 from rlpost import weight_sync
+from rlpost.tokenizer import OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START
+from rlpost.tools import PythonTool, ToolConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,11 @@ class Sample:
     """One generated continuation of one prompt."""
 
     token_ids: list[int]  # generated ids only (a stop token, when hit, is the last one)
-    logprobs: list[float]  # sampling logprob of each generated token
+    logprobs: list[float]  # sampling logprob of each generated token (0.0 for injected tool output)
     finish_reason: str  # "stop" (eos / stop token) or "length" (max_new_tokens reached)
+    loss_mask: list[int] | None = None  # with tools: 1 = sampled by the policy, 0 = injected tool output
+    tool_calls: int = 0  # Python tool calls made while generating this sample
+    tool_s: float = 0.0  # this sample's share of the wall time spent running tool calls
 
 
 def rollout_env(cache_dir: str, kv_cache_gib: float, in_process: bool = True) -> dict[str, str]:
@@ -131,6 +136,10 @@ class RolloutWorkerExtension:
 
     def _rlpost_reload(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         _quiet_rotary_reload_warning()
+        # Cast to the engine's dtype here (the learner's master weights are float32): vLLM would
+        # convert too, but warns once per tensor on every sync.
+        dtype = self.model_config.dtype
+        named = ((name, t.to(dtype)) for name, t in named)
         # vLLM's layerwise reload: each layer is rebuilt from checkpoint-format (HF) tensors,
         # then its post-load processing runs again. Plain `model.load_weights` is not enough on
         # CPU, where linear weights are prepacked into kernel-specific buffers at load time.
@@ -212,6 +221,7 @@ class RolloutWorker:
         )
         self.start_s = time.perf_counter() - t0
         self.max_model_len = max_model_len
+        self._tool: PythonTool | None = None
         logger.info("vLLM engine for %s ready in %.1f s (in_process=%s, eager=%s)",
                     model_path, self.start_s, self.in_process, enforce_eager)
 
@@ -228,6 +238,7 @@ class RolloutWorker:
         stop_token_ids: list[int] | None = None,
         seed: int | None = None,
         ignore_eos: bool = False,
+        tools: ToolConfig | None = None,
     ) -> list[list[Sample]]:
         """Sample `n` continuations of every prompt, all prompts in one engine call.
 
@@ -246,25 +257,92 @@ class RolloutWorker:
             raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds "
                              f"max_model_len={self.max_model_len}")
 
-        def params(i: int) -> SamplingParams:
+        use_tools = tools is not None and tools.enabled and tools.max_calls > 0
+        tool_ids = self._tool_token_ids() if use_tools else {}
+
+        def params(seed_i: int | None, count: int, max_tokens: int, stop_at_tool: bool) -> SamplingParams:
             return SamplingParams(
-                n=n,
-                max_tokens=max_new_tokens,
+                n=count,
+                max_tokens=max_tokens,
                 temperature=temperature,
                 top_p=top_p,
-                stop_token_ids=list(stop_token_ids or []),
+                stop_token_ids=list(stop_token_ids or []) + ([tool_ids[PYTHON_END]] if stop_at_tool else []),
                 ignore_eos=ignore_eos,
-                seed=None if seed is None else seed + i,
+                seed=seed_i,
                 # 0 = only the sampled token's logprob (not the top-k), which is what RL needs.
                 logprobs=0,
                 detokenize=False,
             )
 
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
-        sampling = [params(i) for i in range(len(prompts))] if seed is not None else params(0)
+        if seed is not None:
+            sampling = [params(seed + i, n, max_new_tokens, use_tools) for i in range(len(prompts))]
+        else:
+            sampling = params(None, n, max_new_tokens, use_tools)
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
-        return [[_to_sample(c) for c in sorted(req.outputs, key=lambda c: c.index)]
-                for req in outputs]
+        groups = [[_to_sample(c) for c in sorted(req.outputs, key=lambda c: c.index)] for req in outputs]
+        if not use_tools:
+            return groups
+
+        # Tool rounds: run every pending call in one sandbox batch, then resume all those samples
+        # in one engine call; repeat until no sample is waiting on the tool.
+        if self._tool is None or self._tool.cfg != tools:
+            if self._tool is not None:
+                self._tool.close()
+            self._tool = PythonTool(tools)
+        tokenizer = self.llm.get_tokenizer()
+        flat = [(prompt_token_ids[i], s) for i, g in enumerate(groups) for s in g]
+        for _, s in flat:
+            s.loss_mask = [1] * len(s.token_ids)
+
+        def wants_tool(s: Sample) -> bool:
+            return (s.finish_reason == "stop" and s.token_ids[-1] == tool_ids[PYTHON_END]
+                    and s.tool_calls < tools.max_calls and len(s.token_ids) < max_new_tokens)
+
+        pending = [(p, s) for p, s in flat if wants_tool(s)]
+        round_ = 0
+        while pending:
+            round_ += 1
+            codes = [tokenizer.decode(_tool_code(s.token_ids, tool_ids[PYTHON_START]), skip_special_tokens=True)
+                     for _, s in pending]
+            t0 = time.perf_counter()
+            results = self._tool.run(codes)
+            share = (time.perf_counter() - t0) / len(pending)
+            resume = []
+            for (p, s), text in zip(pending, results):
+                injected = tokenizer.encode(OUTPUT_START + text + OUTPUT_END, add_special_tokens=False)
+                injected = injected[: max_new_tokens - len(s.token_ids)]
+                s.token_ids += injected
+                s.logprobs += [0.0] * len(injected)
+                s.loss_mask += [0] * len(injected)
+                s.tool_calls += 1
+                s.tool_s += share
+                if len(s.token_ids) < max_new_tokens:
+                    resume.append((p, s))
+                else:
+                    s.finish_reason = "length"
+            if not resume:
+                break
+            sampling = [params(None if seed is None else seed + 7919 * round_ + i, 1, max_new_tokens - len(s.token_ids),
+                               s.tool_calls < tools.max_calls) for i, (_, s) in enumerate(resume)]
+            outputs = self.llm.generate([{"prompt_token_ids": list(p) + s.token_ids} for p, s in resume], sampling,
+                                        use_tqdm=False)
+            for (_, s), req in zip(resume, outputs):
+                more = _to_sample(req.outputs[0])
+                s.token_ids += more.token_ids
+                s.logprobs += more.logprobs
+                s.loss_mask += [1] * len(more.token_ids)
+                s.finish_reason = more.finish_reason
+            pending = [(p, s) for p, s in resume if wants_tool(s)]
+        return groups
+
+    def _tool_token_ids(self) -> dict[str, int]:
+        tokenizer = self.llm.get_tokenizer()
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (PYTHON_START, PYTHON_END, OUTPUT_START, OUTPUT_END)}
+        missing = [t for t, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+        if missing:
+            raise ValueError(f"the Python tool needs the special tokens {missing} in the model's tokenizer")
+        return ids
 
     # ------------------------------------------------------------------ weight sync
 
@@ -329,6 +407,13 @@ def _fit_max_model_len(model_path: str, max_model_len: int) -> int:
                        max_model_len, limit, limit)
         return limit
     return max_model_len
+
+
+def _tool_code(token_ids: list[int], python_start: int) -> list[int]:
+    """The ids between the last <|python_start|> and the closing <|python_end|> (the last id)."""
+    body = token_ids[:-1]
+    starts = [i for i, t in enumerate(body) if t == python_start]
+    return body[starts[-1] + 1:] if starts else []
 
 
 def _to_sample(completion) -> Sample:

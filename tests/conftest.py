@@ -66,3 +66,27 @@ def ray_cluster():
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tool_sft_run(pretrained, tmp_path_factory) -> Path:
+    """An SFT model that opens every spelling-bee answer with a Python call: conversations made
+    of the tool part of the spelling-bee solutions (`<|python_start|>'word'.count('l')...`), so a
+    barely pretrained model learns to call the tool within a few dozen steps."""
+    from rlpost.tasks import make_problems
+    from rlpost.tokenizer import PYTHON_START
+
+    run_dir = tmp_path_factory.mktemp("tool_sft")
+    with open(run_dir / "tool_conversations.jsonl", "w") as f:
+        for p in make_problems("spelling_bee", "sft", 64, with_tool=True):
+            answer = p.solution[p.solution.index(PYTHON_START):]
+            f.write(json.dumps({"messages": [{"role": "user", "content": p.prompt},
+                                             {"role": "assistant", "content": answer}]}) + "\n")
+    run_recipe("sft.py", ["--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(pretrained / "model"),
+                          "--run_dir", str(run_dir), "--data.tasks", "{spelling_bee: 0}",
+                          "--data.conversations", f"[{run_dir / 'tool_conversations.jsonl'}]",
+                          "--train.steps", "60", "--train.batch_size", "16", "--train.checkpoint_every", "60",
+                          "--checkpoint_eval.problems_per_task", "8", "--final_eval.problems_per_task", "16",
+                          "--final_eval.max_new_tokens", "48", "--sampled_eval_tasks", "[]",
+                          "--logging.wandb_mode", "disabled"])
+    return run_dir

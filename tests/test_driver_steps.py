@@ -48,3 +48,11 @@ def test_problems_at_is_a_pure_function_of_the_cursor():
     first = problems_at(pool, 0, 10, seed=1)
     assert sorted(first) == pool  # one epoch is a permutation
     assert problems_at(pool, 4, 8, seed=1) == (first + problems_at(pool, 10, 10, seed=1))[4:12]
+
+
+def test_tool_output_stays_masked_in_the_trajectory():
+    tool_sample = Sample([5, 6, 7, 8], [-0.1, 0.0, 0.0, -0.2], "stop", loss_mask=[1, 0, 0, 1], tool_calls=1)
+    groups = [[tool_sample, Sample([5], [-0.1], "stop")]]
+    trajs, stats = build_trajectories([[1, 2]], groups, [1.0, 0.0], _cfg())
+    assert trajs[0].completion_mask == [1, 0, 0, 1] and trajs[1].completion_mask == [1]
+    assert stats["tool/calls_per_sample"] == 0.5 and stats["tool/samples_with_call_frac"] == 0.5
