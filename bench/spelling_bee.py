@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SFT_MODEL = ROOT / "runs/sft_tiny/model"
 GRPO_DIR = ROOT / "runs/bench_spelling_bee"
+RUN_DIRS = (GRPO_DIR,)
 
 
 def main() -> None:
@@ -40,6 +42,8 @@ def main() -> None:
     apply_cache_env()
     if not SFT_MODEL.exists():
         raise SystemExit(f"{SFT_MODEL} is missing: run `make quickstart` first")
+    for run_dir in RUN_DIRS:  # fresh runs: metrics.jsonl appends, and step counts are read from it
+        shutil.rmtree(run_dir, ignore_errors=True)
     start = time.time()
     command = ["recipes/grpo.py", "--config", "recipes/configs/grpo_spelling_bee.yaml", "--model_path", str(SFT_MODEL),
                "--run_dir", str(GRPO_DIR)]

@@ -246,6 +246,10 @@ class RolloutWorker:
         model's eos, at `stop_token_ids`, or after `max_new_tokens`; `ignore_eos=True` (for
         benchmarks) only stops at the length. temperature 0 is greedy. With `seed`, prompt i
         uses seed + i, so a step is reproducible and prompts do not share random streams.
+        With an enabled `tools` config, a sample that writes <|python_start|>code<|python_end|>
+        pauses there; the code runs in the sandbox, its output is appended between
+        <|output_start|> and <|output_end|> (logprob 0, loss mask 0) and the sample resumes.
+        `max_new_tokens` bounds the whole completion, injected tokens included.
         Returns one list of `n` samples per prompt, in prompt order.
         """
         from vllm import SamplingParams
@@ -281,11 +285,14 @@ class RolloutWorker:
             sampling = params(None, n, max_new_tokens, use_tools)
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         groups = [[_to_sample(c) for c in sorted(req.outputs, key=lambda c: c.index)] for req in outputs]
-        if not use_tools:
-            return groups
+        if use_tools:
+            self._tool_rounds(prompt_token_ids, groups, tools, tool_ids, params, max_new_tokens, seed)
+        return groups
 
-        # Tool rounds: run every pending call in one sandbox batch, then resume all those samples
-        # in one engine call; repeat until no sample is waiting on the tool.
+    def _tool_rounds(self, prompt_token_ids, groups, tools: ToolConfig, tool_ids: dict, params, max_new_tokens: int,
+                     seed: int | None) -> None:
+        """Serve the samples' tool calls in place: run every pending call in one sandbox batch,
+        then resume all those samples in one engine call; repeat until none waits on the tool."""
         if self._tool is None or self._tool.cfg != tools:
             if self._tool is not None:
                 self._tool.close()
@@ -334,7 +341,6 @@ class RolloutWorker:
                 s.loss_mask += [1] * len(more.token_ids)
                 s.finish_reason = more.finish_reason
             pending = [(p, s) for p, s in resume if wants_tool(s)]
-        return groups
 
     def _tool_token_ids(self) -> dict[str, int]:
         tokenizer = self.llm.get_tokenizer()
