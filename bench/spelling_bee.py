@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SFT_MODEL = ROOT / "runs/sft_tiny/model"
 GRPO_DIR = ROOT / "runs/bench_spelling_bee"
-RUN_DIRS = (GRPO_DIR,)
 
 
 def main() -> None:
@@ -42,8 +41,7 @@ def main() -> None:
     apply_cache_env()
     if not SFT_MODEL.exists():
         raise SystemExit(f"{SFT_MODEL} is missing: run `make quickstart` first")
-    for run_dir in RUN_DIRS:  # fresh runs: metrics.jsonl appends, and step counts are read from it
-        shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(GRPO_DIR, ignore_errors=True)  # a fresh run: metrics.jsonl appends, and steps are read from it
     start = time.time()
     command = ["recipes/grpo.py", "--config", "recipes/configs/grpo_spelling_bee.yaml", "--model_path", str(SFT_MODEL),
                "--run_dir", str(GRPO_DIR)]
