@@ -4,8 +4,8 @@
 
 1. GRPO (recipes/configs/grpo_tiny.yaml: 10 minutes of RL on answer-only arithmetic problems)
    from the SFT model.
-2. The fair baseline: continued SFT from the same SFT model on the same worked solutions for the
-   same wall time as the RL loop took.
+2. The fair baseline: continued SFT from the same SFT model on the same worked solutions, with
+   the SFT recipe's own schedule, for the same wall time as the RL loop took.
 3. All three models (before, after GRPO, SFT equal time) on the same 500 held-out arithmetic
    problems: sampled pass@1 (temperature 1, mean over 4 samples) and greedy accuracy.
 Writes bench/results/grpo_tiny.json.
@@ -52,9 +52,14 @@ def main() -> None:
          "--run_dir", str(GRPO_DIR)])
     steps = [m for m in read_metrics(GRPO_DIR) if "time/step" in m]
     rl_minutes = sum(m["time/step"] for m in steps) / 60
+    # The baseline gets the SFT recipe's own schedule (warm-up, cosine decay) over as many steps as
+    # the SFT run managed in the RL wall time, capped at that time.
+    sft_times = [m["time"] for m in read_metrics(SFT_MODEL.parent)]
+    sft_step_s = statistics.median(b - a for a, b in zip(sft_times, sft_times[1:]))
+    sft_steps = int(rl_minutes * 60 / sft_step_s)
     run(["recipes/sft.py", "--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(SFT_MODEL),
-         "--run_dir", str(SFT_MORE_DIR), "--train.steps", "100000", "--train.max_minutes", f"{rl_minutes:.2f}",
-         "--train.checkpoint_every", "100000", "--optim.warmup_steps", "0", "--sampled_eval_tasks", "[]",
+         "--run_dir", str(SFT_MORE_DIR), "--train.steps", str(sft_steps), "--train.max_minutes", f"{rl_minutes:.2f}",
+         "--train.checkpoint_every", str(sft_steps), "--sampled_eval_tasks", "[]",
          "--checkpoint_eval.problems_per_task", "20", "--final_eval.problems_per_task", "20"])
 
     init_ray()
@@ -76,6 +81,7 @@ def main() -> None:
             "greedy_before": acc["before"]["greedy"], "greedy_after": acc["grpo"]["greedy"],
             "greedy_sft_equal_time": acc["sft_equal_time"]["greedy"],
             "steps": len(steps), "rl_minutes": round(rl_minutes, 2),
+            "sft_equal_time_steps": max(m["step"] for m in read_metrics(SFT_MORE_DIR)),
             "step_time_s_by_phase": by_phase,
             "eval": "500 held-out arithmetic problems; sampled = temperature 1, mean over 4 samples (pass@1)",
         },

@@ -238,11 +238,29 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
     return input_ids, loss_mask
 
 
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, window: int = 8) -> list[list[int]]:
+    """Example indices of every batch of one epoch; a pure function of (seed, epoch).
+
+    The examples are shuffled, sorted by length within windows of `window` batches (so a
+    batch holds examples of similar length and right padding stays small), and the batches
+    are shuffled again so short and long ones alternate. The last partial batch is dropped."""
+    rng = random.Random(f"{seed}/{epoch}")
+    per_epoch = max(1, len(lengths) // batch_size)
+    order = rng.sample(range(len(lengths)), len(lengths))[: per_epoch * batch_size]
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        order[start:start + span] = sorted(order[start:start + span], key=lengths.__getitem__)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def train_lm(trainer: DeepSpeedTrainer, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int,
              seed: int, run_dir: str | Path, tokenizer, logger, checkpoint_every: int, resume: bool,
              on_checkpoint=None, desc: str = "train", max_minutes: float = 0.0) -> int:
-    """The pretraining/SFT loop: shuffled epochs over `examples`, one optimizer step per batch,
-    metrics every step, an atomic checkpoint every `checkpoint_every` steps and at the end.
+    """The pretraining/SFT loop: length-bucketed shuffled epochs over `examples` (`epoch_batches`),
+    one optimizer step per batch, metrics every step, an atomic checkpoint every
+    `checkpoint_every` steps and at the end.
 
     Batch order is a pure function of (seed, step), so a resumed run continues exactly where the
     interrupted one stopped. `on_checkpoint(step, checkpoint_dir) -> dict` may add metrics (e.g.
@@ -259,15 +277,16 @@ def train_lm(trainer: DeepSpeedTrainer, examples: list[tuple[list[int], list[int
             start = state["step"]
             print(f"resumed from step {start}")
     per_epoch = max(1, len(examples) // batch_size)
-    order: dict[int, list[int]] = {}
+    lengths = [len(ids) for ids, _ in examples]
+    batches: dict[int, list[list[int]]] = {}
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=trainer.rank != 0)
     deadline = time.time() + 60 * max_minutes if max_minutes else float("inf")
     done = start
     for step in bar:
         epoch, index = divmod(step, per_epoch)
-        if epoch not in order:
-            order = {epoch: random.Random(f"{seed}/{epoch}").sample(range(len(examples)), len(examples))}
-        batch = [examples[i] for i in order[epoch][index * batch_size:(index + 1) * batch_size]]
+        if epoch not in batches:
+            batches = {epoch: epoch_batches(lengths, batch_size, seed, epoch)}
+        batch = [examples[i] for i in batches[epoch][index]]
         input_ids, loss_mask = collate(batch, tokenizer.pad_token_id)
         metrics = trainer.train_lm_batch(input_ids, loss_mask)
         metrics["epoch"] = step / per_epoch

@@ -72,3 +72,26 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     path.write_text('{"messages": [{"role": "robot", "content": "hi"}]}\n')
     with pytest.raises(ValueError, match=r"conv.jsonl:1: message 0"):
         read_conversations(str(path))
+
+
+def test_epoch_batches_cover_each_example_once_with_little_padding():
+    import random
+
+    from rlpost.trainer import epoch_batches
+
+    rng = random.Random(0)
+    lengths = [rng.choice([20, 40, 60, 200]) + rng.randint(0, 9) for _ in range(1000)]
+    batches = epoch_batches(lengths, 32, seed=0, epoch=3)
+    assert batches == epoch_batches(lengths, 32, seed=0, epoch=3)  # a pure function: resume repeats it
+    assert batches != epoch_batches(lengths, 32, seed=0, epoch=4)
+    flat = [i for b in batches for i in b]
+    assert len(batches) == 31 and all(len(b) == 32 for b in batches) and len(set(flat)) == len(flat) == 992
+
+    def padding(bs):
+        return 1 - sum(lengths[i] for b in bs for i in b) / sum(32 * max(lengths[i] for i in b) for b in bs)
+
+    unbucketed = epoch_batches(lengths, 32, seed=0, epoch=3, window=1)
+    assert padding(unbucketed) > 0.5 and padding(batches) < 0.15
+    # Batch lengths are mixed over the epoch, not sorted short to long.
+    widths = [max(lengths[i] for i in b) for b in batches]
+    assert widths != sorted(widths)
