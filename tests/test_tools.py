@@ -77,7 +77,9 @@ def test_rollout_runs_the_tool_and_masks_its_output(tool_worker, tool_sft_run):
             assert s.loss_mask == [1] * begin + [0] * (end + 1 - begin) + [1] * (len(s.token_ids) - end - 1)
             assert all(lp == 0.0 for lp in s.logprobs[begin:end + 1])
             # The injected text is what the sandbox prints for the code the model wrote.
-            code = tok.decode(s.token_ids[s.token_ids.index(tok.convert_tokens_to_ids(PYTHON_START)) + 1:begin - 1])
+            # The code is what follows the last <|python_start|> (a sampled sample may write two).
+            code_start = max(i for i, t in enumerate(s.token_ids[:begin]) if t == tok.convert_tokens_to_ids(PYTHON_START))
+            code = tok.decode(s.token_ids[code_start + 1:begin - 1], skip_special_tokens=True)
             if out_end in s.token_ids:
                 assert tok.decode(s.token_ids[begin + 1:end]) == tool.run([code])[0]
     finally:
