@@ -52,8 +52,8 @@ def main() -> None:
          "--run_dir", str(GRPO_DIR)])
     steps = [m for m in read_metrics(GRPO_DIR) if "time/step" in m]
     rl_minutes = sum(m["time/step"] for m in steps) / 60
-    # The baseline gets the SFT recipe's own schedule (warm-up, cosine decay) over as many steps as
-    # the SFT run managed in the RL wall time, capped at that time.
+    # The baseline runs the SFT recipe as configured (its warm-up and lr schedule) for as many steps
+    # as the SFT run's pace fits into the RL wall time, capped at that time.
     sft_times = [m["time"] for m in read_metrics(SFT_MODEL.parent)]
     sft_step_s = statistics.median(b - a for a, b in zip(sft_times, sft_times[1:]))
     sft_steps = int(rl_minutes * 60 / sft_step_s)
