@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SFT_MODEL = ROOT / "runs/sft_tiny/model"
 GRPO_DIR, SFT_MORE_DIR = ROOT / "runs/bench_grpo", ROOT / "runs/bench_sft_equal_time"
-RUN_DIRS = (GRPO_DIR, SFT_MORE_DIR)
 
 
 def run(args: list[str]) -> float:
@@ -45,7 +44,7 @@ def main() -> None:
     apply_cache_env()
     if not SFT_MODEL.exists():
         raise SystemExit(f"{SFT_MODEL} is missing: run `make quickstart` first")
-    for run_dir in RUN_DIRS:  # fresh runs: metrics.jsonl appends, and step counts are read from it
+    for run_dir in (GRPO_DIR, SFT_MORE_DIR):  # fresh runs: metrics.jsonl appends, and step counts are read from it
         shutil.rmtree(run_dir, ignore_errors=True)
     start = time.time()
     run(["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(SFT_MODEL),

@@ -1,4 +1,4 @@
-"""Tokenizer round trips, chat-template ids, and the SFT loss mask."""
+"""Tokenizer round trips, chat-template ids, the SFT loss mask, and length-bucketed SFT batches."""
 
 import pytest
 

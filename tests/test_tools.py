@@ -66,7 +66,7 @@ def test_rollout_runs_the_tool_and_masks_its_output(tool_worker, tool_sft_run):
     samples = [s for g in groups for s in g]
     called = [s for s in samples if s.tool_calls]
     assert called, "the tool-trained model never called the tool"
-    out_start, out_end = tok.convert_tokens_to_ids(OUTPUT_START), tok.convert_tokens_to_ids(OUTPUT_END)
+    out_start, out_end, code_open = (tok.convert_tokens_to_ids(t) for t in (OUTPUT_START, OUTPUT_END, PYTHON_START))
     tool = PythonTool(cfg)
     try:
         for s in called:
@@ -78,7 +78,7 @@ def test_rollout_runs_the_tool_and_masks_its_output(tool_worker, tool_sft_run):
             assert all(lp == 0.0 for lp in s.logprobs[begin:end + 1])
             # The injected text is what the sandbox prints for the code the model wrote.
             # The code is what follows the last <|python_start|> (a sampled sample may write two).
-            code_start = max(i for i, t in enumerate(s.token_ids[:begin]) if t == tok.convert_tokens_to_ids(PYTHON_START))
+            code_start = max(i for i, t in enumerate(s.token_ids[:begin]) if t == code_open)
             code = tok.decode(s.token_ids[code_start + 1:begin - 1], skip_special_tokens=True)
             if out_end in s.token_ids:
                 assert tok.decode(s.token_ids[begin + 1:end]) == tool.run([code])[0]
