@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import metrics
+from rlpost.rollout import _tool_code
 from rlpost.tools import PythonTool, ToolConfig, output_text, repl_program
 
 
@@ -78,8 +79,7 @@ def test_rollout_runs_the_tool_and_masks_its_output(tool_worker, tool_sft_run):
             assert all(lp == 0.0 for lp in s.logprobs[begin:end + 1])
             # The injected text is what the sandbox prints for the code the model wrote.
             # The code is what follows the last <|python_start|> (a sampled sample may write two).
-            code_start = max(i for i, t in enumerate(s.token_ids[:begin]) if t == code_open)
-            code = tok.decode(s.token_ids[code_start + 1:begin - 1], skip_special_tokens=True)
+            code = tok.decode(_tool_code(s.token_ids[:begin], code_open), skip_special_tokens=True)
             if out_end in s.token_ids:
                 assert tok.decode(s.token_ids[begin + 1:end]) == tool.run([code])[0]
     finally:
