@@ -40,8 +40,9 @@ def _answer(steps: list[str], answer: int | str) -> str:
 
 
 # --- arithmetic word problems -------------------------------------------------------------
-# Each template picks numbers from `rng` and returns (prompt, steps, answer). Harder levels use
-# larger numbers and more steps; every intermediate value is a whole number.
+# Each template picks numbers from `rng` and returns (prompt, steps, answer). Templates have two
+# or three steps; the difficulty level is the largest number a template draws (see
+# ARITHMETIC_LEVELS). Every intermediate value is a whole number.
 
 def _buy_total(rng: random.Random, hi: int):
     name = rng.choice(NAMES)
@@ -110,10 +111,14 @@ def _saving(rng: random.Random, hi: int):
 
 
 ARITHMETIC_TEMPLATES = [_buy_total, _unit_price, _give_away, _containers, _ages, _saving]
+# Difficulty levels, as the largest number a template draws, one picked uniformly per problem.
+# Level 5 is the size of the classic "3 apples and 2 oranges ... $13" example; level 12 has
+# products up to 144 and sums near 300, which the tiny models rarely get right.
+ARITHMETIC_LEVELS = (5, 8, 12)
 
 
-def arithmetic(rng: random.Random, max_number: int = 12) -> Problem:
-    prompt, steps, answer = rng.choice(ARITHMETIC_TEMPLATES)(rng, max_number)
+def arithmetic(rng: random.Random, levels: tuple[int, ...] = ARITHMETIC_LEVELS) -> Problem:
+    prompt, steps, answer = rng.choice(ARITHMETIC_TEMPLATES)(rng, rng.choice(levels))
     return Problem("arithmetic", prompt, _answer(steps, answer), str(answer))
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from rlpost.data import load_gsm8k
-from rlpost.tasks import TASKS, make_problems
+from rlpost.tasks import ARITHMETIC_LEVELS, TASKS, make_problems
 
 SHARED_GSM8K = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
 
@@ -37,6 +37,16 @@ def test_arithmetic_steps_are_correct():
     for p in make_problems("arithmetic", "sft", 300):
         for a, op, b, result in re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", p.solution):
             assert eval(f"{a}{op}{b}") == int(result), p.solution
+
+
+def test_arithmetic_levels_set_the_size_of_numbers():
+    from statistics import mean
+
+    def mean_answer(levels):
+        return mean(int(p.answer) for p in make_problems("arithmetic", "eval", 300, levels=levels))
+
+    easy, hard, mixed = mean_answer((5,)), mean_answer((12,)), mean_answer(ARITHMETIC_LEVELS)
+    assert easy < mixed < hard and easy < hard / 3
 
 
 def test_spelling_bee_layout():
