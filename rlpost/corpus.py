@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 
-from rlpost.tasks import ARITHMETIC_LEVELS, ARITHMETIC_TEMPLATES, TASKS, held_out_prompts, word_list
+from rlpost.tasks import TASKS, arithmetic, held_out_prompts, word_list
 
 
 def _arithmetic_facts(rng: random.Random) -> str:
@@ -54,10 +54,10 @@ def _scratch_work(rng: random.Random) -> str:
     # in real text: the numbers and operations, but no worded solution and no final answer line.
     lines = []
     for _ in range(rng.randint(1, 3)):
-        prompt, steps, _ = rng.choice(ARITHMETIC_TEMPLATES)(rng, rng.choice(ARITHMETIC_LEVELS))
-        if prompt in held_out_prompts("arithmetic"):
+        problem = arithmetic(rng)
+        if problem.prompt in held_out_prompts("arithmetic"):
             continue
-        lines.append(prompt + "\n" + ". ".join(re.findall(r"\d+ [-+*/] \d+ = \d+", " ".join(steps))) + ".")
+        lines.append(problem.prompt + "\n" + ". ".join(re.findall(r"\d+ [-+*/] \d+ = \d+", problem.solution)) + ".")
     return "\n\n".join(lines)
 
 
