@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULT = r"(\d+) ([-+*/]) (\d+) = (\d+)"
 
 
-def fact_accuracy(model_path: str, problems) -> dict[str, float]:
+def fact_accuracy(model_path: str, problems) -> dict:
     import torch
 
     from rlpost.chat import prompt_ids
@@ -34,8 +34,9 @@ def fact_accuracy(model_path: str, problems) -> dict[str, float]:
     for problem in problems:
         # Tokenize the solution piece by piece so the result digits' positions are known; digits
         # are single tokens and the text before them ends in a space token, so the pieces
-        # concatenate to the solution's own ids.
-        ids, results, pos = list(prompt_ids(tokenizer, problem.prompt)), [], 0
+        # concatenate to the solution's own ids (checked below).
+        prompt = prompt_ids(tokenizer, problem.prompt)
+        ids, results, pos = list(prompt), [], 0
         for m in re.finditer(RESULT, problem.solution):
             ids += tokenizer(problem.solution[pos:m.start(4)], add_special_tokens=False)["input_ids"]
             digits = tokenizer(m.group(4), add_special_tokens=False)["input_ids"]
@@ -43,6 +44,8 @@ def fact_accuracy(model_path: str, problems) -> dict[str, float]:
             results.append((len(ids), digits, f"{m.group(2)} {size}"))
             ids += digits
             pos = m.end(4)
+        solution = tokenizer(problem.solution, add_special_tokens=False)["input_ids"]
+        assert ids[len(prompt):] == solution[:len(ids) - len(prompt)], problem.solution
         with torch.no_grad():
             predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
         for start, digits, kind in results:
