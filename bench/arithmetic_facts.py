@@ -12,14 +12,12 @@ above 20. Writes bench/results/arithmetic_facts.json.
 from __future__ import annotations
 
 import datetime
-import re
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULT = r"(\d+) ([-+*/]) (\d+) = (\d+)"
 
 
 def fact_accuracy(model_path: str, problems) -> dict:
@@ -27,6 +25,7 @@ def fact_accuracy(model_path: str, problems) -> dict:
 
     from rlpost.chat import prompt_ids
     from rlpost.model import load_model
+    from rlpost.tasks import STEP
     from rlpost.tokenizer import load_tokenizer
 
     tokenizer, model = load_tokenizer(model_path), load_model(model_path).eval()
@@ -37,7 +36,7 @@ def fact_accuracy(model_path: str, problems) -> dict:
         # concatenate to the solution's own ids (checked below).
         prompt = prompt_ids(tokenizer, problem.prompt)
         ids, results, pos = list(prompt), [], 0
-        for m in re.finditer(RESULT, problem.solution):
+        for m in STEP.finditer(problem.solution):
             ids += tokenizer(problem.solution[pos:m.start(4)], add_special_tokens=False)["input_ids"]
             digits = tokenizer(m.group(4), add_special_tokens=False)["input_ids"]
             size = "large" if max(int(m.group(1)), int(m.group(3))) > 20 else "small"

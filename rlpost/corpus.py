@@ -10,11 +10,8 @@ tasks but has never seen a worked solution, so SFT and RL have something to teac
 from __future__ import annotations
 
 import random
-import re
 
-from rlpost.tasks import TASKS, arithmetic, held_out_prompts, word_list
-
-EQUATION = re.compile(r"\d+ [-+*/] \d+ = \d+")  # one step of a worked arithmetic solution
+from rlpost.tasks import STEP, TASKS, arithmetic, held_out_prompts, word_list
 
 
 def _arithmetic_facts(rng: random.Random) -> str:
@@ -52,6 +49,11 @@ def _problem_statements(rng: random.Random) -> str:
     return "\n".join(p for p in prompts if p not in held_out_prompts(task))
 
 
+def _bare_arithmetic(solution: str) -> str:
+    """A worked solution's steps without its words: "3 * 4 = 12. 12 + 5 = 17."."""
+    return ". ".join(m.group(0) for m in STEP.finditer(solution)) + "."
+
+
 def _scratch_work(rng: random.Random) -> str:
     # Word problems next to the bare arithmetic that solves them, the way scratch work shows up
     # in real text: the numbers and operations, but no worded solution and no final answer line.
@@ -60,7 +62,7 @@ def _scratch_work(rng: random.Random) -> str:
         problem = arithmetic(rng)
         if problem.prompt in held_out_prompts("arithmetic"):
             continue
-        lines.append(problem.prompt + "\n" + ". ".join(EQUATION.findall(problem.solution)) + ".")
+        lines.append(problem.prompt + "\n" + _bare_arithmetic(problem.solution))
     return "\n\n".join(lines)
 
 
@@ -71,7 +73,7 @@ def _equations(rng: random.Random) -> str:
     # them far more densely than scratch work, which spends most of its tokens on the statement.
     lines = []
     for _ in range(rng.randint(3, 8)):
-        lines.append(". ".join(EQUATION.findall(arithmetic(rng).solution)) + ".")
+        lines.append(_bare_arithmetic(arithmetic(rng).solution))
     return "\n".join(lines)
 
 

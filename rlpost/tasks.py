@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -109,6 +110,9 @@ def _saving(rng: random.Random, hi: int):
              f"After the gift: {start + per_week * weeks} - {spend} = {start + per_week * weeks - spend}."]
     return prompt, steps, start + per_week * weeks - spend
 
+
+# One step of a worked arithmetic solution, "a op b = result", with the four parts as groups.
+STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
 ARITHMETIC_TEMPLATES = [_buy_total, _unit_price, _give_away, _containers, _ages, _saving]
 # Difficulty levels, as the largest number a template draws, one picked uniformly per problem.

@@ -1,20 +1,14 @@
 """The pretraining corpus: true arithmetic, no held-out problem, the same text for a seed."""
 
-import re
-
-from rlpost.corpus import EQUATION, synthetic_corpus
-from rlpost.tasks import TASKS, held_out_prompts
-
-TRUE = {"+": lambda a, b, c: a + b == c, "-": lambda a, b, c: a - b == c,
-        "*": lambda a, b, c: a * b == c, "/": lambda a, b, c: b * c == a}
+from rlpost.corpus import synthetic_corpus
+from rlpost.tasks import STEP, TASKS, held_out_prompts
 
 
 def test_every_equation_in_the_corpus_is_true():
-    equations = [eq for doc in synthetic_corpus(2000) for eq in EQUATION.findall(doc)]
+    equations = [eq for doc in synthetic_corpus(2000) for eq in STEP.findall(doc)]
     assert len(equations) > 5000
-    for eq in equations:
-        a, op, b, c = re.fullmatch(r"(\d+) (\S) (\d+) = (\d+)", eq).groups()
-        assert TRUE[op](int(a), int(b), int(c)), eq
+    for a, op, b, c in equations:
+        assert eval(f"{a}{op}{b}") == int(c), (a, op, b, c)
 
 
 def test_no_held_out_prompt_in_the_corpus_and_same_text_for_a_seed():

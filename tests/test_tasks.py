@@ -3,7 +3,7 @@
 import pytest
 
 from rlpost.data import load_gsm8k
-from rlpost.tasks import ARITHMETIC_LEVELS, TASKS, make_problems
+from rlpost.tasks import ARITHMETIC_LEVELS, STEP, TASKS, make_problems
 
 SHARED_GSM8K = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
 
@@ -32,10 +32,8 @@ def test_worked_solutions_end_with_answer_and_verify(task):
 
 
 def test_arithmetic_steps_are_correct():
-    import re
-
     for p in make_problems("arithmetic", "sft", 300):
-        for a, op, b, result in re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", p.solution):
+        for a, op, b, result in STEP.findall(p.solution):
             assert eval(f"{a}{op}{b}") == int(result), p.solution
 
 
