@@ -125,10 +125,10 @@ class Actors:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from rlpost.cache import cache_env, cache_root
+        from rlpost.cache import cache_env
         from rlpost.learner import Learner
         from rlpost.rewarding import make_reward_worker_actor
-        from rlpost.rollout import RolloutWorker, rollout_env
+        from rlpost.rollout import RolloutWorker
         from rlpost.weight_sync import free_port
 
         p, v = cfg.placement, cfg.vllm
@@ -154,11 +154,10 @@ class Actors:
             for r in range(cfg.engine.world_size)
         ]
         rollout_cls = ray.remote(RolloutWorker)
-        renv = {**env, **rollout_env(str(cache_root()), v.kv_cache_gib), "VLLM_LOGGING_LEVEL": "WARNING"}
         base = cfg.engine.world_size
         self.rollouts = [
             rollout_cls.options(num_cpus=v.num_cpus, num_gpus=v.num_gpus, scheduling_strategy=at(base + i),
-                                runtime_env={"env_vars": renv}).remote(
+                                runtime_env={"env_vars": v.actor_env()}).remote(
                 cfg.model_path, dtype=v.dtype, max_model_len=v.max_model_len, seed=cfg.seed + i,
                 enforce_eager=v.enforce_eager, kv_cache_gib=v.kv_cache_gib)
             for i in range(v.num_workers)

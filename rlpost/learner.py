@@ -60,6 +60,7 @@ def pack(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width - 1), dtype=torch.bool)
     sampling_lp = torch.zeros((n, width - 1))
+    last = torch.zeros(n, dtype=torch.long)  # column of each sample's last completion logprob
     for i, t in enumerate(trajectories):
         ids = t.prompt_ids + t.completion_ids
         input_ids[i, : len(ids)] = torch.tensor(ids)
@@ -67,8 +68,9 @@ def pack(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]
         end = start + len(t.completion_ids)
         mask[i, start:end] = torch.tensor(t.completion_mask, dtype=torch.bool)
         sampling_lp[i, start:end] = torch.tensor(t.sampling_logprobs)
+        last[i] = end - 1
     advantages = torch.tensor([t.advantage for t in trajectories], dtype=torch.float32)
-    return {"input_ids": input_ids, "mask": mask, "sampling_logprobs": sampling_lp, "advantages": advantages}
+    return {"input_ids": input_ids, "mask": mask, "sampling_logprobs": sampling_lp, "advantages": advantages, "last": last}
 
 
 def _micro_batches(n: int, size: int) -> list[slice]:
@@ -123,6 +125,8 @@ class Learner:
                 if len(mini) == 0:
                     continue
                 valid_tokens = batch["mask"][mini].sum().clamp(min=1)
+                # Micro-batches of similar lengths, each cut to its longest sample: less padding.
+                mini = mini[batch["last"][mini].argsort(stable=True)]
                 micro = _micro_batches(len(mini), cfg.micro_batch_size)
                 for j, sl in enumerate(micro):
                     idx = mini[sl]
@@ -147,15 +151,16 @@ class Learner:
 
     def _micro_loss(self, batch, idx, old_lp, ref_lp):
         cfg = self.loss_cfg
-        input_ids = batch["input_ids"][idx]
-        mask = batch["mask"][idx]
+        width = int(batch["last"][idx].max()) + 1  # logprob columns; the rest is padding
+        input_ids = batch["input_ids"][idx, :width + 1]
+        mask = batch["mask"][idx, :width]
         logits = self.trainer.logits(input_ids) / self.temperature
         logprobs = token_logprobs(logits, input_ids)
-        old = old_lp[idx] if old_lp is not None else logprobs.detach()
+        old = old_lp[idx, :width] if old_lp is not None else logprobs.detach()
         per_token, clipped = ppo_clip_loss(logprobs, old, batch["advantages"][idx], cfg.clip_low, cfg.clip_high)
         metrics = {}
         if ref_lp is not None:
-            kl = kl_penalty(logprobs, ref_lp[idx], cfg.kl_estimator)
+            kl = kl_penalty(logprobs, ref_lp[idx, :width], cfg.kl_estimator)
             per_token = per_token + cfg.kl_coef * kl
             metrics["kl"] = masked_mean(kl.detach(), mask).item()
         loss = aggregate_loss(per_token, mask, cfg.loss_agg, max_len=cfg.max_len)
@@ -164,7 +169,7 @@ class Learner:
             entropy = torch.logsumexp(probs_logits, -1) - (probs_logits.softmax(-1) * probs_logits).sum(-1)
             # Training/inference mismatch: how far the learner's probability of each sampled
             # token is from the probability vLLM sampled it with.
-            gap = (logprobs.detach() - batch["sampling_logprobs"][idx]).exp().sub(1).abs()
+            gap = (logprobs.detach() - batch["sampling_logprobs"][idx, :width]).exp().sub(1).abs()
         metrics.update(loss=loss.item(), entropy=masked_mean(entropy, mask).item(), clip_frac=masked_mean(clipped.float(), mask).item(),
                        logprob_gap=masked_mean(gap, mask).item())
         return loss, metrics

@@ -52,12 +52,14 @@ class Sample:
     tool_s: float = 0.0  # this sample's share of the wall time spent running tool calls
 
 
-def rollout_env(cache_dir: str, kv_cache_gib: float, in_process: bool = True) -> dict[str, str]:
+def rollout_env(cache_dir: str, kv_cache_gib: float, in_process: bool = True, threads: int = 0) -> dict[str, str]:
     """Environment a rollout process needs before vLLM is first imported.
 
     Meant for ``runtime_env={"env_vars": rollout_env(...)}`` of a rollout actor. `cache_dir` is
     the project cache root (compile caches go below it). vLLM parses VLLM_CPU_KVCACHE_SPACE as a
     whole number of GiB, so it is rounded up here; `RolloutWorker` passes the exact size itself.
+    `threads` (if not 0) sets the engine's CPU threads: Ray sets OMP_NUM_THREADS to an actor's
+    whole number of CPUs, one for a fractional share, and torch reads it at import.
     """
     cache = Path(cache_dir).expanduser()
     # Unix socket paths are limited to ~107 bytes, so vLLM's sockets go to a short local
@@ -75,7 +77,7 @@ def rollout_env(cache_dir: str, kv_cache_gib: float, in_process: bool = True) ->
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
         "TOKENIZERS_PARALLELISM": "false",
-    }
+    } | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
 
 
 def _default_cache_dir() -> str:

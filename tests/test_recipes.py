@@ -90,3 +90,19 @@ def test_vllm_greedy_equals_transformers_on_trained_checkpoint(sft_run, ray_clus
             ref = model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False,
                                  eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
         assert group[0].token_ids == ref[0, len(ids):].tolist()
+
+
+def test_rollout_worker_with_a_fractional_cpu_share_uses_every_core(sft_run, ray_cluster):
+    # Ray sets OMP_NUM_THREADS=1 in an actor with num_cpus < 2; the engine must not inherit it.
+    import os
+
+    import ray
+    import torch
+
+    from rlpost.cluster import VLLMConfig, start_rollout_workers
+
+    worker = start_rollout_workers(str(sft_run / "model"), VLLMConfig(num_cpus=0.5, kv_cache_gib=0.25))[0]
+    try:
+        assert ray.get(worker.__ray_call__.remote(lambda self: torch.get_num_threads())) == os.cpu_count()
+    finally:
+        ray.kill(worker)
