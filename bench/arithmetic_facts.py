@@ -6,7 +6,8 @@ For 300 held-out arithmetic problems, each model reads the chat prompt and the r
 solution (teacher forcing), and at every `a op b = ` its greedy next tokens must spell out the
 result. This isolates the facts from everything else a sampled answer can get wrong (copying a
 number, choosing the operation). Results are split by operation and by whether an operand is
-above 20. Writes bench/results/arithmetic_facts.json.
+above 20, and for sums and differences also by digit place. Writes
+bench/results/arithmetic_facts.json.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def fact_accuracy(model_path: str, problems) -> dict:
 
     tokenizer, model = load_tokenizer(model_path), load_model(model_path).eval()
     right, total = defaultdict(int), defaultdict(int)
+    digit_right, digit_total = defaultdict(int), defaultdict(int)
     for problem in problems:
         # Tokenize the solution piece by piece so the result digits' positions are known; digits
         # are single tokens and the text before them ends in a space token, so the pieces
@@ -48,11 +50,17 @@ def fact_accuracy(model_path: str, problems) -> dict:
         with torch.no_grad():
             predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
         for start, digits, kind in results:
+            guess = predicted[start - 1:start - 1 + len(digits)]
             total[kind] += 1
-            right[kind] += predicted[start - 1:start - 1 + len(digits)] == digits
+            right[kind] += guess == digits
+            if kind[0] in "+-":  # each digit given the right ones before it, by place (units last)
+                for place, (g, d) in zip(("units", "tens", "hundreds"), zip(guess[::-1], digits[::-1])):
+                    digit_total[f"{kind[0]} {place}"] += 1
+                    digit_right[f"{kind[0]} {place}"] += g == d
     by_kind = {k: round(right[k] / total[k], 3) for k in sorted(total)}
+    by_place = {k: round(digit_right[k] / digit_total[k], 3) for k in sorted(digit_total)}
     return {"all": round(sum(right.values()) / sum(total.values()), 3), **by_kind,
-            "count": dict(sorted(total.items()))}
+            "count": dict(sorted(total.items())), "digits of sums and differences": by_place}
 
 
 def main() -> None:
