@@ -56,3 +56,27 @@ def test_tool_output_stays_masked_in_the_trajectory():
     trajs, stats = build_trajectories([[1, 2]], groups, [1.0, 0.0], _cfg())
     assert trajs[0].completion_mask == [1, 0, 0, 1] and trajs[1].completion_mask == [1]
     assert stats["tool/calls_per_sample"] == 0.5 and stats["tool/samples_with_call_frac"] == 0.5
+
+
+def test_packed_batch_cut_at_its_last_completion_token_keeps_every_logprob():
+    # The learner cuts each micro-batch to its longest sample; with right padding and causal
+    # attention the logprobs of the tokens it keeps must not change.
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlpost.learner import Trajectory, pack
+    from rlpost.trainer import token_logprobs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    short = Trajectory([1, 2, 3], [4, 5], [-0.1, -0.2], [1, 1], 1.0)
+    long = Trajectory([1, 2], [6, 7, 8, 9, 10, 11], [-0.1] * 6, [1] * 6, -1.0)
+    batch = pack([short, long], pad_id=0)
+    assert batch["last"].tolist() == [3, 6]  # logprob columns of tokens 5 and 11
+    with torch.no_grad():
+        full = token_logprobs(model(batch["input_ids"]).logits, batch["input_ids"])
+        width = int(batch["last"][0]) + 1
+        cut = token_logprobs(model(batch["input_ids"][:1, :width + 1]).logits, batch["input_ids"][:1, :width + 1])
+    assert batch["mask"][0, width:].sum() == 0
+    torch.testing.assert_close(cut[0], full[0, :width])
