@@ -77,6 +77,23 @@ def _micro_batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
+@torch.no_grad()
+def packed_logprobs(forward, batch: dict[str, torch.Tensor], micro_batch_size: int, temperature: float) -> torch.Tensor:
+    """`token_logprobs` of a packed batch under `forward` (input ids → logits), without gradients.
+
+    Samples go through in micro-batches of similar lengths, each cut to its longest sample;
+    columns past a sample's last completion token are 0 (they are never in the loss)."""
+    ids, last = batch["input_ids"], batch["last"]
+    out = torch.zeros(ids.shape[0], ids.shape[1] - 1)
+    order = last.argsort(stable=True)
+    for sl in _micro_batches(len(order), micro_batch_size):
+        idx = order[sl]
+        width = int(last[idx].max()) + 1
+        cut = ids[idx, :width + 1]
+        out[idx, :width] = token_logprobs(forward(cut) / temperature, cut)
+    return out
+
+
 class Learner:
     """One learner rank (a Ray actor). All ranks must receive every call of a step."""
 
@@ -109,13 +126,18 @@ class Learner:
         n = len(shard)
         timings = {}
         t0 = time.perf_counter()
-        ref_lp = self._reference_logprobs(batch) if self.reference is not None else None
+        ref_lp = None
+        if self.reference is not None:
+            ref_lp = packed_logprobs(lambda ids: self.reference(input_ids=ids, use_cache=False).logits, batch,
+                                     cfg.micro_batch_size, temperature)
         timings["time/reference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # With one update per batch the "old" policy is the current one: its logprobs are the
         # detached logprobs of the same forward pass. Otherwise compute them once up front.
-        updates = cfg.ppo_epochs * cfg.mini_batches
-        old_lp = self._policy_logprobs(batch) if updates > 1 else None
+        old_lp = None
+        if cfg.ppo_epochs * cfg.mini_batches > 1:
+            self.trainer.engine.eval()
+            old_lp = packed_logprobs(self.trainer.logits, batch, cfg.micro_batch_size, temperature)
 
         stats: dict[str, list[float]] = {k: [] for k in ("loss", "kl", "entropy", "clip_frac", "logprob_gap", "grad_norm")}
         self.trainer.engine.train()
@@ -173,20 +195,6 @@ class Learner:
         metrics.update(loss=loss.item(), entropy=masked_mean(entropy, mask).item(), clip_frac=masked_mean(clipped.float(), mask).item(),
                        logprob_gap=masked_mean(gap, mask).item())
         return loss, metrics
-
-    @torch.no_grad()
-    def _policy_logprobs(self, batch) -> torch.Tensor:
-        self.trainer.engine.eval()
-        out = torch.cat([token_logprobs(self.trainer.logits(batch["input_ids"][sl]) / self.temperature, batch["input_ids"][sl])
-                         for sl in _micro_batches(len(batch["input_ids"]), self.loss_cfg.micro_batch_size)])
-        self.trainer.engine.train()
-        return out
-
-    @torch.no_grad()
-    def _reference_logprobs(self, batch) -> torch.Tensor:
-        ids = batch["input_ids"]
-        return torch.cat([token_logprobs(self.reference(input_ids=ids[sl], use_cache=False).logits / self.temperature, ids[sl])
-                          for sl in _micro_batches(len(ids), self.loss_cfg.micro_batch_size)])
 
     # -- weights -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor] | None:

@@ -128,6 +128,16 @@ class DeepSpeedTrainer:
         }
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        if not engine_cfg.bf16 and engine_cfg.zero_stage == 0:
+            # DeepSpeed's plain fp32 path clips the gradients but drops their norm, so
+            # get_global_grad_norm() would be None: clip here and keep it.
+            engine = self.engine
+
+            def clip_and_keep_norm():
+                engine._global_grad_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(),
+                                                                          engine.gradient_clipping())
+
+            engine.clip_fp32_gradients = clip_and_keep_norm
         self.compute_dtype = torch.bfloat16 if engine_cfg.bf16 else torch.float32
 
     # -- compute ---------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_packed_batch_cut_at_its_last_completion_token_keeps_every_logprob():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlpost.learner import Trajectory, pack
+    from rlpost.learner import Trajectory, pack, packed_logprobs
     from rlpost.trainer import token_logprobs
 
     torch.manual_seed(0)
@@ -80,3 +80,7 @@ def test_packed_batch_cut_at_its_last_completion_token_keeps_every_logprob():
         cut = token_logprobs(model(batch["input_ids"][:1, :width + 1]).logits, batch["input_ids"][:1, :width + 1])
     assert batch["mask"][0, width:].sum() == 0
     torch.testing.assert_close(cut[0], full[0, :width])
+    # The no-grad passes (old policy, reference) cut the same way, whatever the micro-batch size.
+    for size in (1, 2):
+        lp = packed_logprobs(lambda ids: model(ids).logits, batch, size, temperature=1.0)
+        torch.testing.assert_close(lp[batch["mask"]], full[batch["mask"]])

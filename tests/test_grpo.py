@@ -69,6 +69,39 @@ def test_two_steps_finite_metrics_and_changed_weights(grpo_run, sft_run):
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_2"
 
 
+def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster):
+    """kl_coef > 0 loads a frozen reference; ppo_epochs × mini_batches updates drift from it."""
+    import random
+
+    import ray
+
+    from rlpost.cache import cache_env
+    from rlpost.learner import Learner, PolicyLossConfig, Trajectory
+    from rlpost.trainer import EngineConfig, OptimConfig
+    from rlpost.weight_sync import free_port
+
+    loss = PolicyLossConfig(kl_coef=0.1, ppo_epochs=2, mini_batches=2, micro_batch_size=3)
+    learner = ray.remote(Learner).options(num_cpus=1, runtime_env={"env_vars": cache_env()}).remote(
+        str(sft_run / "model"), OptimConfig(lr=1e-3), EngineConfig(bf16=False), loss, rank=0,
+        master_addr="127.0.0.1", master_port=free_port(), total_steps=2)
+    rng = random.Random(0)
+    trajectories = []
+    for i in range(8):
+        completion = [rng.randrange(20, 500) for _ in range(rng.randint(4, 20))]
+        trajectories.append(Trajectory([1, 5 + i, 7], completion, [-3.0] * len(completion), [1] * len(completion),
+                                       rng.choice([-1.0, 1.0])))
+    try:
+        first = ray.get(learner.train.remote(trajectories))
+        second = ray.get(learner.train.remote(trajectories))
+    finally:
+        ray.kill(learner)
+    assert first["time/reference"] > 0
+    # The first update starts at the reference (KL 0); the next three and the second batch move away.
+    assert 0 < first["kl"] < second["kl"]
+    # fp32 without ZeRO: DeepSpeed's own clipping there does not report the norm; ours does.
+    assert all(math.isfinite(m[k]) for m in (first, second) for k in ("loss", "entropy", "grad_norm", "clip_frac"))
+
+
 @pytest.mark.parametrize("backend", ["object_store", "collective"])
 def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster, tmp_path):
     """After a learner update and a sync, vLLM's greedy output equals transformers' greedy output
