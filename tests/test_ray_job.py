@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,10 +20,21 @@ from conftest import ROOT, metrics
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    from rlpost.weight_sync import free_port
-
-    return free_port()
+def _private_ports(count: int) -> list[int]:
+    """Distinct free ports below Linux's ephemeral range (32768+). A port the OS hands out for
+    bind(0) is an ephemeral one, and the head's own processes take ephemeral ports while it
+    starts: one of them once took the dashboard's port first."""
+    rng, ports = random.Random(), []
+    while len(ports) < count:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 @pytest.fixture
@@ -30,16 +43,16 @@ def ray_head():
     cluster (never `ray stop`, which would stop every cluster on the machine)."""
     ray_bin = Path(sys.executable).parent / "ray"
     temp_dir = tempfile.mkdtemp(prefix="rlpost-job-", dir="/tmp")
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, client, agent, agent_grpc, runtime_env_agent, metrics_port = _private_ports(7)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-         f"--ray-client-server-port={_free_port() % 10000 + 30000}", "--disable-usage-stats",
+         f"--ray-client-server-port={client}", "--disable-usage-stats",
          # Private agent ports: another Ray on this machine (e.g. a test's ray.init) holds the defaults.
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics_port}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
