@@ -26,9 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SFT_MODEL = ROOT / "runs/sft_tiny/model"
 GRPO_DIR, SFT_MORE_DIR = ROOT / "runs/bench_grpo", ROOT / "runs/bench_sft_equal_time"
-# All of the held-out pool: on 500 problems × 4 samples a sampled pass@1 near 30 % has a standard
-# error of about a point, as large as the differences between the variants compared here.
-HELD_OUT = 1000
 
 
 def run(args: list[str]) -> float:
@@ -43,7 +40,7 @@ def main() -> None:
     from rlpost.cluster import init_ray
     from rlpost.evaluate import EvalConfig, evaluate_models
     from rlpost.metrics import read_metrics, write_json
-    from rlpost.tasks import make_problems
+    from rlpost.tasks import EVAL_POOL, make_problems
 
     apply_cache_env()
     if not SFT_MODEL.exists():
@@ -66,7 +63,9 @@ def main() -> None:
          "--checkpoint_eval.problems_per_task", "20", "--final_eval.problems_per_task", "20"])
 
     init_ray()
-    problems = make_problems("arithmetic", "eval", HELD_OUT)
+    # All of the held-out pool: on 500 problems × 4 samples a sampled pass@1 near 30 % has a
+    # standard error of about a point, as large as the differences between the variants compared.
+    problems = make_problems("arithmetic", "eval", EVAL_POOL)
     configs = {"sampled": EvalConfig(temperature=1.0, samples=4, max_new_tokens=128),
                "greedy": EvalConfig(temperature=0.0, samples=1, max_new_tokens=128)}
     results = evaluate_models({"before": str(SFT_MODEL), "grpo": str(GRPO_DIR / "model"),
@@ -86,7 +85,7 @@ def main() -> None:
             "steps": len(steps), "rl_minutes": round(rl_minutes, 2),
             "sft_equal_time_steps": max(m["step"] for m in read_metrics(SFT_MORE_DIR)),
             "step_time_s_by_phase": by_phase,
-            "eval": f"{HELD_OUT} held-out arithmetic problems; sampled = temperature 1, mean over 4 samples (pass@1)",
+            "eval": f"{EVAL_POOL} held-out arithmetic problems; sampled = temperature 1, mean over 4 samples (pass@1)",
         },
     }
     write_json(ROOT / "bench/results/grpo_tiny.json", out)

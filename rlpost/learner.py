@@ -120,7 +120,6 @@ class Learner:
         `temperature` is the sampling temperature: the policy being trained is the tempered one,
         whose logprobs are what vLLM reports for the sampled tokens."""
         cfg = self.loss_cfg
-        self.temperature = temperature
         shard = trajectories[self.rank :: self.world_size]
         batch = pack(shard, self.tokenizer.pad_token_id)
         n = len(shard)
@@ -153,7 +152,7 @@ class Learner:
                 for j, sl in enumerate(micro):
                     idx = mini[sl]
                     self.trainer.engine.set_gradient_accumulation_boundary(j == len(micro) - 1)
-                    loss, m = self._micro_loss(batch, idx, old_lp, ref_lp)
+                    loss, m = self._micro_loss(batch, idx, old_lp, ref_lp, temperature)
                     # Scale so the accumulated gradient equals the mini-batch aggregate.
                     if cfg.loss_agg == "token-mean":
                         weight = batch["mask"][idx].sum() / valid_tokens
@@ -171,12 +170,12 @@ class Learner:
         out["train_tokens"] = int(batch["mask"].sum())
         return {**out, **timings}
 
-    def _micro_loss(self, batch, idx, old_lp, ref_lp):
+    def _micro_loss(self, batch, idx, old_lp, ref_lp, temperature):
         cfg = self.loss_cfg
         width = int(batch["last"][idx].max()) + 1  # logprob columns; the rest is padding
         input_ids = batch["input_ids"][idx, :width + 1]
         mask = batch["mask"][idx, :width]
-        logits = self.trainer.logits(input_ids) / self.temperature
+        logits = self.trainer.logits(input_ids) / temperature
         logprobs = token_logprobs(logits, input_ids)
         old = old_lp[idx, :width] if old_lp is not None else logprobs.detach()
         per_token, clipped = ppo_clip_loss(logprobs, old, batch["advantages"][idx], cfg.clip_low, cfg.clip_high)
