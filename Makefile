@@ -1,6 +1,6 @@
 # rlpost: the two commands of the README.
 #   make quickstart   set up (if needed) and run tokenizer -> pretrain -> SFT -> GRPO on the tiny model (CPU)
-#   make test         set up (if needed) and run the test suite
+#   make test         set up (if needed), check style (ruff) and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlpost-setup
@@ -17,4 +17,6 @@ quickstart: setup
 	$(PY) recipes/pipeline.py
 
 test: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q

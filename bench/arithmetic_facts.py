@@ -39,18 +39,18 @@ def fact_accuracy(model_path: str, problems) -> dict:
         prompt = prompt_ids(tokenizer, problem.prompt)
         ids, results, pos = list(prompt), [], 0
         for m in STEP.finditer(problem.solution):
-            ids += tokenizer(problem.solution[pos:m.start(4)], add_special_tokens=False)["input_ids"]
+            ids += tokenizer(problem.solution[pos : m.start(4)], add_special_tokens=False)["input_ids"]
             digits = tokenizer(m.group(4), add_special_tokens=False)["input_ids"]
             size = "large" if max(int(m.group(1)), int(m.group(3))) > 20 else "small"
             results.append((len(ids), digits, f"{m.group(2)} {size}"))
             ids += digits
             pos = m.end(4)
         solution = tokenizer(problem.solution, add_special_tokens=False)["input_ids"]
-        assert ids[len(prompt):] == solution[:len(ids) - len(prompt)], problem.solution
+        assert ids[len(prompt) :] == solution[: len(ids) - len(prompt)], problem.solution
         with torch.no_grad():
             predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
         for start, digits, kind in results:
-            guess = predicted[start - 1:start - 1 + len(digits)]
+            guess = predicted[start - 1 : start - 1 + len(digits)]
             total[kind] += 1
             right[kind] += guess == digits
             if kind[0] in "+-":  # each digit given the right ones before it, by place (units last)
@@ -59,8 +59,12 @@ def fact_accuracy(model_path: str, problems) -> dict:
                     digit_right[f"{kind[0]} {place}"] += g == d
     by_kind = {k: round(right[k] / total[k], 3) for k in sorted(total)}
     by_place = {k: round(digit_right[k] / digit_total[k], 3) for k in sorted(digit_total)}
-    return {"all": round(sum(right.values()) / sum(total.values()), 3), **by_kind,
-            "count": dict(sorted(total.items())), "digits of sums and differences": by_place}
+    return {
+        "all": round(sum(right.values()) / sum(total.values()), 3),
+        **by_kind,
+        "count": dict(sorted(total.items())),
+        "digits of sums and differences": by_place,
+    }
 
 
 def main() -> None:
@@ -76,12 +80,15 @@ def main() -> None:
     metrics = {path: fact_accuracy(path, problems) for path in models}
     for path, acc in metrics.items():
         print(path, acc)
-    write_json(ROOT / "bench/results/arithmetic_facts.json", {
-        "command": ".venv/bin/python bench/arithmetic_facts.py " + " ".join(models),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "wall_s": round(time.time() - start, 1),
-        "metrics": metrics,
-    })
+    write_json(
+        ROOT / "bench/results/arithmetic_facts.json",
+        {
+            "command": ".venv/bin/python bench/arithmetic_facts.py " + " ".join(models),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "wall_s": round(time.time() - start, 1),
+            "metrics": metrics,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,17 @@ def main() -> None:
     for run_dir in (GRPO_DIR, SFT_MORE_DIR):  # fresh runs: metrics.jsonl appends, and step counts are read from it
         shutil.rmtree(run_dir, ignore_errors=True)
     start = time.time()
-    run(["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(SFT_MODEL),
-         "--run_dir", str(GRPO_DIR)])
+    run(
+        [
+            "recipes/grpo.py",
+            "--config",
+            "recipes/configs/grpo_tiny.yaml",
+            "--model_path",
+            str(SFT_MODEL),
+            "--run_dir",
+            str(GRPO_DIR),
+        ]
+    )
     steps = [m for m in read_metrics(GRPO_DIR) if "time/step" in m]
     rl_minutes = sum(m["time/step"] for m in steps) / 60
     # The baseline runs the SFT recipe as configured (its warm-up and lr schedule) for as many steps
@@ -57,19 +66,43 @@ def main() -> None:
     sft_times = [m["time"] for m in read_metrics(SFT_MODEL.parent)]
     sft_step_s = statistics.median(b - a for a, b in zip(sft_times, sft_times[1:]))
     sft_steps = int(rl_minutes * 60 / sft_step_s)
-    run(["recipes/sft.py", "--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(SFT_MODEL),
-         "--run_dir", str(SFT_MORE_DIR), "--train.steps", str(sft_steps), "--train.max_minutes", f"{rl_minutes:.2f}",
-         "--train.checkpoint_every", str(sft_steps), "--sampled_eval_tasks", "[]",
-         "--checkpoint_eval.problems_per_task", "20", "--final_eval.problems_per_task", "20"])
+    run(
+        [
+            "recipes/sft.py",
+            "--config",
+            "recipes/configs/sft_tiny.yaml",
+            "--model_path",
+            str(SFT_MODEL),
+            "--run_dir",
+            str(SFT_MORE_DIR),
+            "--train.steps",
+            str(sft_steps),
+            "--train.max_minutes",
+            f"{rl_minutes:.2f}",
+            "--train.checkpoint_every",
+            str(sft_steps),
+            "--sampled_eval_tasks",
+            "[]",
+            "--checkpoint_eval.problems_per_task",
+            "20",
+            "--final_eval.problems_per_task",
+            "20",
+        ]
+    )
 
     init_ray()
     # All of the held-out pool: on 500 problems × 4 samples a sampled pass@1 near 30 % has a
     # standard error of about a point, as large as the differences between the variants compared.
     problems = make_problems("arithmetic", "eval", EVAL_POOL)
-    configs = {"sampled": EvalConfig(temperature=1.0, samples=4, max_new_tokens=128),
-               "greedy": EvalConfig(temperature=0.0, samples=1, max_new_tokens=128)}
-    results = evaluate_models({"before": str(SFT_MODEL), "grpo": str(GRPO_DIR / "model"),
-                               "sft_equal_time": str(SFT_MORE_DIR / "model")}, problems, configs)
+    configs = {
+        "sampled": EvalConfig(temperature=1.0, samples=4, max_new_tokens=128),
+        "greedy": EvalConfig(temperature=0.0, samples=1, max_new_tokens=128),
+    }
+    results = evaluate_models(
+        {"before": str(SFT_MODEL), "grpo": str(GRPO_DIR / "model"), "sft_equal_time": str(SFT_MORE_DIR / "model")},
+        problems,
+        configs,
+    )
     acc = {name: {mode: r["arithmetic"]["accuracy"] for mode, r in res.items()} for name, res in results.items()}
     phases = ("rollout", "reward", "reference", "train", "sync", "eval", "checkpoint", "step")
     by_phase = {p: round(statistics.median(m.get(f"time/{p}", 0.0) or 0.0 for m in steps), 3) for p in phases}
@@ -78,11 +111,14 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "wall_s": round(time.time() - start, 1),
         "metrics": {
-            "accuracy_before": acc["before"]["sampled"], "accuracy_after": acc["grpo"]["sampled"],
+            "accuracy_before": acc["before"]["sampled"],
+            "accuracy_after": acc["grpo"]["sampled"],
             "accuracy_sft_equal_time": acc["sft_equal_time"]["sampled"],
-            "greedy_before": acc["before"]["greedy"], "greedy_after": acc["grpo"]["greedy"],
+            "greedy_before": acc["before"]["greedy"],
+            "greedy_after": acc["grpo"]["greedy"],
             "greedy_sft_equal_time": acc["sft_equal_time"]["greedy"],
-            "steps": len(steps), "rl_minutes": round(rl_minutes, 2),
+            "steps": len(steps),
+            "rl_minutes": round(rl_minutes, 2),
             "sft_equal_time_steps": max(m["step"] for m in read_metrics(SFT_MORE_DIR)),
             "step_time_s_by_phase": by_phase,
             "eval": f"{EVAL_POOL} held-out arithmetic problems; sampled = temperature 1, mean over 4 samples (pass@1)",

@@ -99,8 +99,7 @@ def time_ray_workers(ray, worker_count, prompts, completions, golds, expected) -
     from rlpost.rewarding import RewardWorkerActor
 
     workers = [
-        RewardWorkerActor.options(num_cpus=1).remote([RewardSpec("math", timeout_s=60.0)])
-        for _ in range(worker_count)
+        RewardWorkerActor.options(num_cpus=1).remote([RewardSpec("math", timeout_s=60.0)]) for _ in range(worker_count)
     ]
     ray.get([worker.score.remote(prompts[:8], completions[:8], {"answer": golds[:8]}) for worker in workers])
     started = time.perf_counter()

@@ -44,17 +44,29 @@ def build_random_model(out_dir: str, vocab: int = 4096) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<bos>", "<eos>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(["a tiny corpus for a tiny benchmark tokenizer"] * 8, trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                            pad_token="<pad>").save_pretrained(out_dir)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    ).save_pretrained(out_dir)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=256, intermediate_size=672, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=672,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
     )
     LlamaForCausalLM(config).save_pretrained(out_dir)
     return out_dir
@@ -82,10 +94,17 @@ def run_hf(args, prompts, queue) -> None:
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     cfg = GenerationConfig(
-        do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,  # ignore EOS
-        num_return_sequences=args.n, pad_token_id=pad, eos_token_id=model.config.eos_token_id,
-        return_dict_in_generate=True, output_scores=True,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,  # ignore EOS
+        num_return_sequences=args.n,
+        pad_token_id=pad,
+        eos_token_id=model.config.eos_token_id,
+        return_dict_in_generate=True,
+        output_scores=True,
     )
 
     def step(p_ids, p_mask, c):
@@ -112,14 +131,19 @@ def run_vllm(args, prompts, mode, queue) -> None:
     from rlpost.weight_sync import broadcast_weights, create_weight_group, free_port, weight_specs
 
     t0 = time.perf_counter()
-    worker = RolloutWorker(args.model, dtype="bfloat16", max_model_len=1024, seed=0,
-                           enforce_eager=(mode == "eager"), kv_cache_gib=args.kv_cache_gib,
-                           engine_kwargs={"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else None)
+    worker = RolloutWorker(
+        args.model,
+        dtype="bfloat16",
+        max_model_len=1024,
+        seed=0,
+        enforce_eager=(mode == "eager"),
+        kv_cache_gib=args.kv_cache_gib,
+        engine_kwargs={"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else None,
+    )
     start_s = time.perf_counter() - t0
 
     def step(p, new_tokens):
-        out = worker.generate(p, n=args.n, max_new_tokens=new_tokens, temperature=1.0,
-                              ignore_eos=True)
+        out = worker.generate(p, n=args.n, max_new_tokens=new_tokens, temperature=1.0, ignore_eos=True)
         return sum(len(s.token_ids) for group in out for s in group)
 
     step(prompts[:4], 8)  # warm-up
@@ -132,8 +156,10 @@ def run_vllm(args, prompts, mode, queue) -> None:
     # Weight sync of this model: the learner would send bf16 tensors.
     from transformers import LlamaForCausalLM
 
-    state = {k: v.to(torch.bfloat16) for k, v in
-             LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32).state_dict().items()}
+    state = {
+        k: v.to(torch.bfloat16)
+        for k, v in LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32).state_dict().items()
+    }
     object_store = [worker.update_weights(state) for _ in range(3)]
 
     port = free_port()
@@ -158,10 +184,16 @@ def run_vllm(args, prompts, mode, queue) -> None:
         box["go"].set()
         broadcast.append(worker.receive_weights(specs))
     thread.join()
-    queue.put({"tokens": tokens, "times_s": times, "start_s": start_s,
-               "torch_threads": torch.get_num_threads(),
-               "sync_object_store_ms": [round(s * 1000, 1) for s in object_store],
-               "sync_gloo_broadcast_ms": [round(s * 1000, 1) for s in broadcast]})
+    queue.put(
+        {
+            "tokens": tokens,
+            "times_s": times,
+            "start_s": start_s,
+            "torch_threads": torch.get_num_threads(),
+            "sync_object_store_ms": [round(s * 1000, 1) for s in object_store],
+            "sync_gloo_broadcast_ms": [round(s * 1000, 1) for s in broadcast],
+        }
+    )
 
 
 def in_child(target, *args) -> dict:
@@ -185,10 +217,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--modes", default="eager,compile", help="vLLM modes: eager,compile")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0)
-    parser.add_argument("--max-num-seqs", type=int, default=0,
-                        help="vLLM max_num_seqs (0 = vLLM's default, 256 on CPU)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="OMP/torch threads for every contestant (0 = library defaults)")
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=0, help="vLLM max_num_seqs (0 = vLLM's default, 256 on CPU)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="OMP/torch threads for every contestant (0 = library defaults)"
+    )
     parser.add_argument("--out", default=str(REPO / "bench/results/rollout_throughput.json"))
     args = parser.parse_args()
 
@@ -213,17 +247,27 @@ def main() -> None:
 
     metrics: dict = {
         "model": args.model if tmp is None else "random tiny Llama (built by the script)",
-        "hidden_size": config["hidden_size"], "layers": config["num_hidden_layers"],
-        "vocab_size": config["vocab_size"], "dtype": "bfloat16",
-        "prompts": args.prompts, "n": args.n, "new_tokens": args.new_tokens,
-        "repeats": args.repeats, "cpu_count": os.cpu_count(), "threads": args.threads,
+        "hidden_size": config["hidden_size"],
+        "layers": config["num_hidden_layers"],
+        "vocab_size": config["vocab_size"],
+        "dtype": "bfloat16",
+        "prompts": args.prompts,
+        "n": args.n,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
         "max_num_seqs": args.max_num_seqs or "vllm default",
     }
     print("transformers generate ...", flush=True)
     hf = in_child(run_hf, args, prompts)
     hf_tok_s = hf["tokens"] / statistics.median(hf["times_s"])
-    metrics.update(hf_tokens=hf["tokens"], hf_times_s=[round(t, 2) for t in hf["times_s"]],
-                   hf_torch_threads=hf["torch_threads"], hf_tok_s=round(hf_tok_s, 1))
+    metrics.update(
+        hf_tokens=hf["tokens"],
+        hf_times_s=[round(t, 2) for t in hf["times_s"]],
+        hf_torch_threads=hf["torch_threads"],
+        hf_tok_s=round(hf_tok_s, 1),
+    )
     print(f"  {hf_tok_s:.0f} tok/s", flush=True)
 
     for mode in [m for m in args.modes.split(",") if m]:
@@ -232,18 +276,22 @@ def main() -> None:
         if r["tokens"] != hf["tokens"]:
             raise RuntimeError(f"token counts differ: vLLM {r['tokens']} vs HF {hf['tokens']}")
         tok_s = r["tokens"] / statistics.median(r["times_s"])
-        metrics.update({
-            f"vllm_{mode}_tok_s": round(tok_s, 1),
-            f"vllm_{mode}_ratio_vs_hf": round(tok_s / hf_tok_s, 2),
-            f"vllm_{mode}_times_s": [round(t, 2) for t in r["times_s"]],
-            f"vllm_{mode}_start_s": round(r["start_s"], 1),
-            f"vllm_{mode}_torch_threads": r["torch_threads"],
-            f"vllm_{mode}_sync_object_store_ms": r["sync_object_store_ms"],
-            f"vllm_{mode}_sync_gloo_broadcast_ms": r["sync_gloo_broadcast_ms"],
-        })
-        print(f"  {tok_s:.0f} tok/s ({tok_s / hf_tok_s:.2f}x), start {r['start_s']:.1f} s, "
-              f"sync {r['sync_object_store_ms']} / gloo {r['sync_gloo_broadcast_ms']} ms",
-              flush=True)
+        metrics.update(
+            {
+                f"vllm_{mode}_tok_s": round(tok_s, 1),
+                f"vllm_{mode}_ratio_vs_hf": round(tok_s / hf_tok_s, 2),
+                f"vllm_{mode}_times_s": [round(t, 2) for t in r["times_s"]],
+                f"vllm_{mode}_start_s": round(r["start_s"], 1),
+                f"vllm_{mode}_torch_threads": r["torch_threads"],
+                f"vllm_{mode}_sync_object_store_ms": r["sync_object_store_ms"],
+                f"vllm_{mode}_sync_gloo_broadcast_ms": r["sync_gloo_broadcast_ms"],
+            }
+        )
+        print(
+            f"  {tok_s:.0f} tok/s ({tok_s / hf_tok_s:.2f}x), start {r['start_s']:.1f} s, "
+            f"sync {r['sync_object_store_ms']} / gloo {r['sync_gloo_broadcast_ms']} ms",
+            flush=True,
+        )
 
     metrics["load_avg_before"] = [round(x, 2) for x in load_before]
     metrics["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]

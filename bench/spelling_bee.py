@@ -43,20 +43,31 @@ def main() -> None:
         raise SystemExit(f"{SFT_MODEL} is missing: run `make quickstart` first")
     shutil.rmtree(GRPO_DIR, ignore_errors=True)  # a fresh run: metrics.jsonl appends, and steps are read from it
     start = time.time()
-    command = ["recipes/grpo.py", "--config", "recipes/configs/grpo_spelling_bee.yaml", "--model_path", str(SFT_MODEL),
-               "--run_dir", str(GRPO_DIR)]
+    command = [
+        "recipes/grpo.py",
+        "--config",
+        "recipes/configs/grpo_spelling_bee.yaml",
+        "--model_path",
+        str(SFT_MODEL),
+        "--run_dir",
+        str(GRPO_DIR),
+    ]
     print("$ python " + " ".join(command), flush=True)
     subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
     steps = [m for m in read_metrics(GRPO_DIR) if "time/step" in m]
 
     init_ray()
     problems = make_problems("spelling_bee", "eval", 500)
-    modes = {"greedy": EvalConfig(temperature=0.0, max_new_tokens=160),
-             "sampled": EvalConfig(temperature=1.0, samples=4, max_new_tokens=160)}
+    modes = {
+        "greedy": EvalConfig(temperature=0.0, max_new_tokens=160),
+        "sampled": EvalConfig(temperature=1.0, samples=4, max_new_tokens=160),
+    }
     tool = ToolConfig(enabled=True, max_calls=1)
     accuracy = {}
-    for name, path, tool_modes in (("sft", SFT_MODEL, {"no_tool": None, "tool": tool}),
-                                   ("grpo", GRPO_DIR / "model", {"tool": tool})):
+    for name, path, tool_modes in (
+        ("sft", SFT_MODEL, {"no_tool": None, "tool": tool}),
+        ("grpo", GRPO_DIR / "model", {"tool": tool}),
+    ):
         worker = start_rollout_workers(str(path), VLLMConfig())[0]
         tokenizer = load_tokenizer(path)
         for tool_name, tools in tool_modes.items():
@@ -64,7 +75,10 @@ def main() -> None:
                 r = evaluate(worker, tokenizer, problems, cfg, tools=tools)["spelling_bee"]
                 accuracy[f"{name}_{tool_name}_{mode}"] = r["accuracy"]
                 accuracy[f"{name}_{tool_name}_{mode}_tool_calls"] = r["tool_calls"]
-                print(f"{name} {tool_name} {mode}: accuracy {r['accuracy']:.3f}, tool calls {r['tool_calls']:.2f}", flush=True)
+                print(
+                    f"{name} {tool_name} {mode}: accuracy {r['accuracy']:.3f}, tool calls {r['tool_calls']:.2f}",
+                    flush=True,
+                )
         ray.kill(worker)
 
     phases = ("rollout", "tool", "reward", "train", "sync", "step")
@@ -76,7 +90,9 @@ def main() -> None:
             **accuracy,
             "grpo_steps": len(steps),
             "grpo_minutes": round(sum(m["time/step"] for m in steps) / 60, 2),
-            "step_time_s_by_phase": {p: round(statistics.median(m.get(f"time/{p}", 0.0) for m in steps), 3) for p in phases},
+            "step_time_s_by_phase": {
+                p: round(statistics.median(m.get(f"time/{p}", 0.0) for m in steps), 3) for p in phases
+            },
             "eval": "500 held-out spelling-bee problems; sampled = temperature 1, mean over 4 samples (pass@1)",
         },
     }

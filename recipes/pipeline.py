@@ -47,12 +47,14 @@ def main() -> None:
         "wall_s": wall,
         "metrics": {
             "sft_accuracy": {t: r["accuracy"] for t, r in report["greedy"].items() if t != "transcripts"},
-            "sft_accuracy_with_tool": {t: r["accuracy"] for t, r in report.get("greedy_with_tool", {}).items()
-                                       if t != "transcripts"},
-            "sft_sampled_pass@1": {t: r["accuracy"] for t, r in report.get("sampled", {}).items() if t != "transcripts"},
+            "sft_accuracy_with_tool": {
+                t: r["accuracy"] for t, r in report.get("greedy_with_tool", {}).items() if t != "transcripts"
+            },
+            "sft_sampled_pass@1": {
+                t: r["accuracy"] for t, r in report.get("sampled", {}).items() if t != "transcripts"
+            },
             "sft_checkpoints_greedy": report["checkpoints"],
-            "grpo_greedy_arithmetic": {"before": rl_before, "after": rl_after,
-                                       "steps": max(m["step"] for m in rl)},
+            "grpo_greedy_arithmetic": {"before": rl_before, "after": rl_after, "steps": max(m["step"] for m in rl)},
             "stage_wall_s": stage_s,
         },
     }

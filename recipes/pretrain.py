@@ -55,7 +55,9 @@ class PretrainConfig:
     tokenizer: PretrainTokenizer = section(PretrainTokenizer)
     model: PretrainModel = section(PretrainModel)
     train: PretrainTrain = section(PretrainTrain)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=50, schedule="cosine", weight_decay=0.1))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=50, schedule="cosine", weight_decay=0.1)
+    )
     engine: EngineConfig = section(EngineConfig)
     logging: LoggingConfig = section(LoggingConfig)
 
@@ -68,7 +70,7 @@ def pack_documents(tokenizer, docs: list[str], seq_len: int) -> list[tuple[list[
     stream: list[int] = []
     for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
         stream += [tokenizer.bos_token_id, *ids, eos]
-    return [(stream[i:i + seq_len], [1] * seq_len) for i in range(0, len(stream) - seq_len + 1, seq_len)]
+    return [(stream[i : i + seq_len], [1] * seq_len) for i in range(0, len(stream) - seq_len + 1, seq_len)]
 
 
 def main(cfg: PretrainConfig) -> Path:
@@ -96,15 +98,33 @@ def main(cfg: PretrainConfig) -> Path:
         save_model(model, tokenizer, init_dir)
     tokenizer = load_tokenizer(tok_dir)
     examples = pack_documents(tokenizer, docs, cfg.data.seq_len)
-    print(f"corpus: {len(docs)} documents, {len(examples) * cfg.data.seq_len / 1e6:.2f}M tokens, "
-          f"{cfg.train.steps * cfg.train.batch_size / max(1, len(examples)):.1f} epochs")
+    print(
+        f"corpus: {len(docs)} documents, {len(examples) * cfg.data.seq_len / 1e6:.2f}M tokens, "
+        f"{cfg.train.steps * cfg.train.batch_size / max(1, len(examples)):.1f} epochs"
+    )
 
-    trainer = DeepSpeedTrainer(str(init_dir), cfg.optim, cfg.engine, total_steps=cfg.train.steps,
-                               micro_batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    trainer = DeepSpeedTrainer(
+        str(init_dir),
+        cfg.optim,
+        cfg.engine,
+        total_steps=cfg.train.steps,
+        micro_batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+    )
     logger = MetricsLogger(run_dir, cfg.logging, "pretrain", config=None)
-    train_lm(trainer, examples, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-             run_dir=run_dir, tokenizer=tokenizer, logger=logger, checkpoint_every=cfg.train.checkpoint_every,
-             resume=cfg.resume, desc="pretrain")
+    train_lm(
+        trainer,
+        examples,
+        steps=cfg.train.steps,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        run_dir=run_dir,
+        tokenizer=tokenizer,
+        logger=logger,
+        checkpoint_every=cfg.train.checkpoint_every,
+        resume=cfg.resume,
+        desc="pretrain",
+    )
     trainer.save_hf(run_dir / "model", tokenizer)
     logger.close()
     print(f"base model written to {run_dir / 'model'}")

@@ -28,10 +28,14 @@ from rlpost.trainer import EngineConfig, OptimConfig
 
 @dataclass
 class SFTData:
-    tasks: dict[str, int] = doc("Worked solutions per synthetic task (the scarce SFT set).",
-                                {"arithmetic": 800, "spelling_bee": 200, "spelling": 100, "compare": 100})
+    tasks: dict[str, int] = doc(
+        "Worked solutions per synthetic task (the scarce SFT set).",
+        {"arithmetic": 800, "spelling_bee": 200, "spelling": 100, "compare": 100},
+    )
     conversations: list[str] = doc("JSONL files of {'messages': [...]} conversations to train on as well.", [])
-    tool_calls: bool = doc("Spelling-bee solutions end with a Python check (`tools.enabled` at RL and eval time runs it).", True)
+    tool_calls: bool = doc(
+        "Spelling-bee solutions end with a Python check (`tools.enabled` at RL and eval time runs it).", True
+    )
 
 
 @dataclass
@@ -45,8 +49,10 @@ class SFTTrain:
 
 @dataclass
 class SFTConfig:
-    model_path: str = doc("Base model HF folder (from recipes/pretrain.py) or any HF causal LM with a chat template.",
-                          "runs/pretrain_tiny/model")
+    model_path: str = doc(
+        "Base model HF folder (from recipes/pretrain.py) or any HF causal LM with a chat template.",
+        "runs/pretrain_tiny/model",
+    )
     run_dir: str = doc("Output folder of this run.", "runs/sft_tiny")
     resume: bool = doc("Continue from the last checkpoint in run_dir if there is one.", False)
     data: SFTData = section(SFTData)
@@ -56,9 +62,12 @@ class SFTConfig:
     vllm: VLLMConfig = section(VLLMConfig)
     checkpoint_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=100))
     final_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=200))
-    sampled_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=500, samples=4, temperature=1.0))
-    sampled_eval_tasks: list[str] = doc("Tasks evaluated by sampling (sampled pass@1 and pass@k) at the end; [] skips it.",
-                                        ["arithmetic"])
+    sampled_eval: EvalConfig = field(
+        default_factory=lambda: EvalConfig(problems_per_task=500, samples=4, temperature=1.0)
+    )
+    sampled_eval_tasks: list[str] = doc(
+        "Tasks evaluated by sampling (sampled pass@1 and pass@k) at the end; [] skips it.", ["arithmetic"]
+    )
     logging: LoggingConfig = section(LoggingConfig)
 
 
@@ -97,15 +106,23 @@ def main(cfg: SFTConfig) -> dict:
     save_config(cfg, run_dir / "config.yaml")
     tokenizer = load_tokenizer(cfg.model_path)
     examples = sft_examples(tokenizer, cfg.data)
-    print(f"SFT: {len(examples)} conversations, {sum(sum(m) for _, m in examples)} trained tokens, "
-          f"{cfg.train.steps * cfg.train.batch_size / len(examples):.1f} epochs")
+    print(
+        f"SFT: {len(examples)} conversations, {sum(sum(m) for _, m in examples)} trained tokens, "
+        f"{cfg.train.steps * cfg.train.batch_size / len(examples):.1f} epochs"
+    )
 
     init_ray()
     worker = start_rollout_workers(cfg.model_path, dataclasses.replace(cfg.vllm, num_workers=1))[0]
     checkpoint_problems = held_out(cfg.data.tasks, cfg.checkpoint_eval.problems_per_task)
 
-    trainer = DeepSpeedTrainer(cfg.model_path, cfg.optim, cfg.engine, total_steps=cfg.train.steps,
-                               micro_batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    trainer = DeepSpeedTrainer(
+        cfg.model_path,
+        cfg.optim,
+        cfg.engine,
+        total_steps=cfg.train.steps,
+        micro_batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+    )
 
     def eval_checkpoint(step: int, _path) -> dict:
         ray.get(worker.update_weights.remote(trainer.full_state_dict()))
@@ -115,9 +132,21 @@ def main(cfg: SFTConfig) -> dict:
         return summary
 
     logger = MetricsLogger(run_dir, cfg.logging, "sft", config=None)
-    train_lm(trainer, examples, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-             run_dir=run_dir, tokenizer=tokenizer, logger=logger, checkpoint_every=cfg.train.checkpoint_every,
-             resume=cfg.resume, on_checkpoint=eval_checkpoint, desc="sft", max_minutes=cfg.train.max_minutes)
+    train_lm(
+        trainer,
+        examples,
+        steps=cfg.train.steps,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        run_dir=run_dir,
+        tokenizer=tokenizer,
+        logger=logger,
+        checkpoint_every=cfg.train.checkpoint_every,
+        resume=cfg.resume,
+        on_checkpoint=eval_checkpoint,
+        desc="sft",
+        max_minutes=cfg.train.max_minutes,
+    )
     trainer.save_hf(run_dir / "model", tokenizer)
     logger.close()
 
@@ -127,22 +156,33 @@ def main(cfg: SFTConfig) -> dict:
     report = {"greedy": evaluate(worker, tokenizer, final, cfg.final_eval)}
     if cfg.data.tool_calls and "spelling_bee" in cfg.data.tasks:
         # The same model, but its Python calls now run in the sandbox instead of being guessed.
-        report["greedy_with_tool"] = evaluate(worker, tokenizer, held_out(["spelling_bee"], cfg.final_eval.problems_per_task),
-                                              cfg.final_eval, tools=ToolConfig(enabled=True))
+        report["greedy_with_tool"] = evaluate(
+            worker,
+            tokenizer,
+            held_out(["spelling_bee"], cfg.final_eval.problems_per_task),
+            cfg.final_eval,
+            tools=ToolConfig(enabled=True),
+        )
     if cfg.sampled_eval_tasks:
-        report["sampled"] = evaluate(worker, tokenizer, held_out(cfg.sampled_eval_tasks, cfg.sampled_eval.problems_per_task),
-                                     cfg.sampled_eval)
+        report["sampled"] = evaluate(
+            worker, tokenizer, held_out(cfg.sampled_eval_tasks, cfg.sampled_eval.problems_per_task), cfg.sampled_eval
+        )
     # Held-out greedy accuracy at each checkpoint: flat at the end means SFT has plateaued.
-    report["checkpoints"] = [{"step": m["step"], **{k[5:]: v for k, v in m.items() if k.startswith("eval/")}}
-                             for m in read_metrics(run_dir) if any(k.startswith("eval/") for k in m)]
+    report["checkpoints"] = [
+        {"step": m["step"], **{k[5:]: v for k, v in m.items() if k.startswith("eval/")}}
+        for m in read_metrics(run_dir)
+        if any(k.startswith("eval/") for k in m)
+    ]
     write_json(run_dir / "eval.json", report)
     print("held-out greedy accuracy:\n" + format_table(report["greedy"]))
     if "greedy_with_tool" in report:
         print("with the Python tool:\n" + format_table(report["greedy_with_tool"], ("accuracy", "tool_calls")))
     if "sampled" in report:
         k = cfg.sampled_eval.samples
-        print(f"held-out sampled (T={cfg.sampled_eval.temperature}, {k} per problem):\n"
-              + format_table(report["sampled"], ("accuracy", f"pass@{k}")))
+        print(
+            f"held-out sampled (T={cfg.sampled_eval.temperature}, {k} per problem):\n"
+            + format_table(report["sampled"], ("accuracy", f"pass@{k}"))
+        )
     ray.kill(worker)
     return report
 

@@ -23,9 +23,7 @@ _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 # Only the phrase itself is matched, so that phrases later on the same line are found too.
 _ANSWER_PHRASE = re.compile(r"(?:\banswer\s+is\b|\banswer\b\s*\**\s*:)[ \t*:]*", re.IGNORECASE)
 # A number as models write them: sign, thousands commas, decimals, a simple fraction.
-_NUMBER = re.compile(
-    r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[-+]?\.\d+"
-)
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[-+]?\.\d+")
 # A sentence ends at a period that is not a decimal point (".5", "3.0").
 _SENTENCE_END = re.compile(r"\.(?!\d)")
 _THOUSANDS_COMMA = re.compile(r"(?<=\d)(?:,|\{,\})(?=\d{3}(?!\d))")
@@ -46,7 +44,7 @@ def last_boxed(text: str) -> str | None:
     unbraced ``\\boxed 5`` gives ``5``. A box whose braces never close is ignored.
     """
     for match in reversed(list(_BOXED_COMMAND.finditer(text))):
-        rest = text[match.end():]
+        rest = text[match.end() :]
         if not rest.startswith("{"):
             token = re.match(r"[^\s$]+", rest)
             if token:
@@ -74,7 +72,7 @@ def last_answer_phrase(text: str, whole_line: bool = False) -> str | None:
     X runs to the end of its sentence, or of its line if `whole_line`.
     """
     cut = (lambda phrase: phrase) if whole_line else _first_sentence
-    phrases = [cut(text[m.end():].split("\n", 1)[0]).strip() for m in _ANSWER_PHRASE.finditer(text)]
+    phrases = [cut(text[m.end() :].split("\n", 1)[0]).strip() for m in _ANSWER_PHRASE.finditer(text)]
     phrases = [phrase for phrase in phrases if phrase]
     return phrases[-1] if phrases else None
 
@@ -121,12 +119,8 @@ def _strip_math_delimiters(text: str) -> str:
     while changed:
         changed = False
         for opening, closing in _MATH_DELIMITERS:
-            if (
-                len(text) > len(opening) + len(closing)
-                and text.startswith(opening)
-                and text.endswith(closing)
-            ):
-                text = text[len(opening): -len(closing)].strip()
+            if len(text) > len(opening) + len(closing) and text.startswith(opening) and text.endswith(closing):
+                text = text[len(opening) : -len(closing)].strip()
                 changed = True
     return text
 

@@ -55,10 +55,7 @@ def per_sample(score_one: Callable[..., Any]) -> Callable[..., Any]:
 def _row(columns: dict[str, Any], index: int) -> dict[str, Any]:
     # Only lists are per-sample columns; anything else (a configuration keyword
     # bound with functools.partial) is passed through unchanged.
-    return {
-        name: values[index] if isinstance(values, (list, tuple)) else values
-        for name, values in columns.items()
-    }
+    return {name: values[index] if isinstance(values, (list, tuple)) else values for name, values in columns.items()}
 
 
 def column(columns_value: Any, index: int, name: str) -> Any:
@@ -71,8 +68,10 @@ def column(columns_value: Any, index: int, name: str) -> Any:
 def score_against_answer(score_one: Callable[[str, Any], float], completions, answer) -> list[float | None]:
     """`score_one(completion_text, gold)` for every sample; None where the gold answer is None."""
     golds = [column(answer, index, "answer") for index in range(len(completions))]
-    return [None if gold is None else score_one(completion_text(completion), gold)
-            for completion, gold in zip(completions, golds)]
+    return [
+        None if gold is None else score_one(completion_text(completion), gold)
+        for completion, gold in zip(completions, golds)
+    ]
 
 
 def completion_text(completion: Any) -> str:

@@ -29,8 +29,9 @@ def _pool(num_workers: int):
     return sandbox.SandboxPool(num_workers=num_workers)
 
 
-def code_reward(prompts, completions, tests=None, *, timeout_s: float = 5.0, memory_mb: int = 256,
-                num_workers: int = 2, **_columns) -> list[float | None]:
+def code_reward(
+    prompts, completions, tests=None, *, timeout_s: float = 5.0, memory_mb: int = 256, num_workers: int = 2, **_columns
+) -> list[float | None]:
     """Batched code-with-tests reward; needs the ``tests`` column."""
     programs, index = [], []
     for i, completion in enumerate(completions):

@@ -51,7 +51,9 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """Ids of a single-turn prompt followed by the assistant's opening, ready for sampling.
 
     Works for any chat tokenizer (the tiny one or an HF model's own template)."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 may return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
@@ -70,6 +72,8 @@ def read_conversations(path: str) -> list[list[dict]]:
             raise ValueError(f"{path}:{lineno}: expected an object with a non-empty 'messages' list")
         for j, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise ValueError(f"{path}:{lineno}: message {j} needs 'role' in {ROLES} and string 'content': {json.dumps(m)[:200]}")
+                raise ValueError(
+                    f"{path}:{lineno}: message {j} needs 'role' in {ROLES} and string 'content': {json.dumps(m)[:200]}"
+                )
         conversations.append(messages)
     return conversations

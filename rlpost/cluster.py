@@ -30,8 +30,13 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=True, configure_logging=False)
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+            configure_logging=False,
+        )
 
 
 @dataclass
@@ -53,8 +58,11 @@ class VLLMConfig:
         # Without an explicit thread count Ray would leave an engine with a fractional CPU share
         # one OpenMP thread: a third slower rollouts on 2 cores than with both.
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.num_workers)
-        return {**cache_env(), **rollout_env(str(cache_root()), self.kv_cache_gib, threads=threads),
-                "VLLM_LOGGING_LEVEL": "WARNING"}
+        return {
+            **cache_env(),
+            **rollout_env(str(cache_root()), self.kv_cache_gib, threads=threads),
+            "VLLM_LOGGING_LEVEL": "WARNING",
+        }
 
 
 def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0) -> list:
@@ -65,9 +73,16 @@ def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0) -> li
 
     actor_cls = ray.remote(RolloutWorker)
     workers = [
-        actor_cls.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, runtime_env={"env_vars": cfg.actor_env()}).remote(
-            model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=seed + i,
-            enforce_eager=cfg.enforce_eager, kv_cache_gib=cfg.kv_cache_gib)
+        actor_cls.options(
+            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, runtime_env={"env_vars": cfg.actor_env()}
+        ).remote(
+            model_path,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            seed=seed + i,
+            enforce_eager=cfg.enforce_eager,
+            kv_cache_gib=cfg.kv_cache_gib,
+        )
         for i in range(cfg.num_workers)
     ]
     ray.get([w.ready.remote() for w in workers])

@@ -136,7 +136,11 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
     kwargs = {}
     for name, v in values.items():
         f = fields[name]
-        if dataclasses.is_dataclass(hints[name]) and isinstance(v, dict) and f.default_factory is not dataclasses.MISSING:
+        if (
+            dataclasses.is_dataclass(hints[name])
+            and isinstance(v, dict)
+            and f.default_factory is not dataclasses.MISSING
+        ):
             # A partly given section keeps this recipe's defaults for the keys it leaves out.
             v = {**to_dict(f.default_factory()), **v}
         kwargs[name] = _coerce(v, hints[name], prefix + name)
@@ -173,8 +177,10 @@ def _help(cls: type, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             lines += _help(tp, prefix + f.name + ".")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         )
         lines.append(f"  --{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
     return lines

@@ -80,7 +80,9 @@ def _equations(rng: random.Random) -> str:
 # Arithmetic fills most documents. Scratch work teaches copying numbers out of a problem
 # statement, which nothing else teaches as directly; bare equations teach the facts. Twice as many
 # equation documents (4 scratch, 8 equations) gave a weaker SFT model than this mix.
-DOCUMENT_KINDS = [_arithmetic_facts, _spellings, _comparisons, _problem_statements] + [_scratch_work] * 5 + [_equations] * 4
+DOCUMENT_KINDS = (
+    [_arithmetic_facts, _spellings, _comparisons, _problem_statements] + [_scratch_work] * 5 + [_equations] * 4
+)
 
 
 def synthetic_corpus(num_docs: int, seed: int = 0) -> list[str]:

@@ -67,8 +67,10 @@ def load_gsm8k(source: str, split: str = "test") -> list[Problem]:
     try:
         import datasets
     except ImportError:
-        raise FileNotFoundError(f"{source} is not a local file, and the `datasets` package needed to load it "
-                                "from the Hugging Face hub is not installed (pip install datasets)") from None
+        raise FileNotFoundError(
+            f"{source} is not a local file, and the `datasets` package needed to load it "
+            "from the Hugging Face hub is not installed (pip install datasets)"
+        ) from None
     ds = datasets.load_dataset(source, "main", split=split)
     return [gsm8k_problem(r["question"], r["answer"]) for r in ds]
 
@@ -89,5 +91,7 @@ def read_text_corpus(source: str) -> list[str]:
     try:
         import datasets
     except ImportError:
-        raise FileNotFoundError(f"{source} is not a local file, and `datasets` is not installed to load it from the hub") from None
+        raise FileNotFoundError(
+            f"{source} is not a local file, and `datasets` is not installed to load it from the hub"
+        ) from None
     return [r["text"] for r in datasets.load_dataset(source, split="train")]

@@ -31,7 +31,9 @@ from rlpost.trainer import EngineConfig, OptimConfig
 
 @dataclass
 class RLData:
-    tasks: list[str] = doc("Synthetic tasks whose answer-only practice problems (the 'rl' split) are the prompts.", ["arithmetic"])
+    tasks: list[str] = doc(
+        "Synthetic tasks whose answer-only practice problems (the 'rl' split) are the prompts.", ["arithmetic"]
+    )
     problems: int = doc("Practice problems drawn per task (the pool is cycled in shuffled epochs).", 20000)
     gsm8k: str = doc("Optional GSM8K source (local .jsonl[.gz] file/folder or hub name) added to the prompt pool.", "")
 
@@ -47,10 +49,18 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = doc("'grpo' (group mean/std), 'drgrpo' (group mean only, Liu et al. 2025) or 'rloo' (leave-one-out).", "grpo")
-    drop_zero_variance_groups: bool = doc("Dynamic sampling (DAPO): drop groups whose rewards all agree (no signal).", True)
-    refill_rounds: int = doc("Extra sampling rounds to refill dropped groups up to prompts_per_step (0: train on fewer).", 0)
-    overlong: str = doc("Truncated samples: 'none', 'mask' (excluded from the loss) or 'penalty' (DAPO soft penalty).", "none")
+    advantage: str = doc(
+        "'grpo' (group mean/std), 'drgrpo' (group mean only, Liu et al. 2025) or 'rloo' (leave-one-out).", "grpo"
+    )
+    drop_zero_variance_groups: bool = doc(
+        "Dynamic sampling (DAPO): drop groups whose rewards all agree (no signal).", True
+    )
+    refill_rounds: int = doc(
+        "Extra sampling rounds to refill dropped groups up to prompts_per_step (0: train on fewer).", 0
+    )
+    overlong: str = doc(
+        "Truncated samples: 'none', 'mask' (excluded from the loss) or 'penalty' (DAPO soft penalty).", "none"
+    )
     overlong_buffer: int = doc("Soft penalty ramps over the last N tokens before max_new_tokens.", 32)
     overlong_penalty: float = doc("Largest soft overlong penalty.", 1.0)
 
@@ -65,7 +75,10 @@ class AlgoConfig:
 
 @dataclass
 class SyncConfig:
-    backend: str = doc("Weight sync learner → rollout workers: 'object_store' (Ray) or 'collective' (gloo/NCCL broadcast).", "object_store")
+    backend: str = doc(
+        "Weight sync learner → rollout workers: 'object_store' (Ray) or 'collective' (gloo/NCCL broadcast).",
+        "object_store",
+    )
     every: int = doc("Sync after every N learner updates.", 1)
 
     def validate(self):
@@ -77,7 +90,9 @@ class SyncConfig:
 class RewardsConfig:
     functions: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="math")])
     num_workers: int = doc("Reward worker actors.", 1)
-    default_reward: float | None = doc("Reward of a sample no function scored (None: excluded from the advantage).", None)
+    default_reward: float | None = doc(
+        "Reward of a sample no function scored (None: excluded from the advantage).", None
+    )
 
 
 @dataclass
@@ -134,8 +149,11 @@ class Actors:
         p, v = cfg.placement, cfg.vllm
         learner_bundle = {"CPU": p.learner_cpus, **({"GPU": p.learner_gpus} if p.learner_gpus else {})}
         rollout_bundle = {"CPU": v.num_cpus, **({"GPU": v.num_gpus} if v.num_gpus else {})}
-        bundles = ([learner_bundle] * cfg.engine.world_size + [rollout_bundle] * v.num_workers
-                   + [{"CPU": p.reward_cpus}] * cfg.rewards.num_workers)
+        bundles = (
+            [learner_bundle] * cfg.engine.world_size
+            + [rollout_bundle] * v.num_workers
+            + [{"CPU": p.reward_cpus}] * cfg.rewards.num_workers
+        )
         self.pg = placement_group(bundles, strategy=p.strategy)
         ray.get(self.pg.ready(), timeout=600)
 
@@ -147,27 +165,48 @@ class Actors:
         master_addr = ray.util.get_node_ip_address()
         learner_cls = ray.remote(Learner)
         self.learners = [
-            learner_cls.options(num_cpus=p.learner_cpus, num_gpus=p.learner_gpus, scheduling_strategy=at(r),
-                                runtime_env={"env_vars": env}).remote(
-                cfg.model_path, cfg.optim, cfg.engine, cfg.loss, rank=r, master_addr=master_addr,
-                master_port=master_port, total_steps=total_steps, seed=cfg.seed)
+            learner_cls.options(
+                num_cpus=p.learner_cpus,
+                num_gpus=p.learner_gpus,
+                scheduling_strategy=at(r),
+                runtime_env={"env_vars": env},
+            ).remote(
+                cfg.model_path,
+                cfg.optim,
+                cfg.engine,
+                cfg.loss,
+                rank=r,
+                master_addr=master_addr,
+                master_port=master_port,
+                total_steps=total_steps,
+                seed=cfg.seed,
+            )
             for r in range(cfg.engine.world_size)
         ]
         rollout_cls = ray.remote(RolloutWorker)
         base = cfg.engine.world_size
         self.rollouts = [
-            rollout_cls.options(num_cpus=v.num_cpus, num_gpus=v.num_gpus, scheduling_strategy=at(base + i),
-                                runtime_env={"env_vars": v.actor_env()}).remote(
-                cfg.model_path, dtype=v.dtype, max_model_len=v.max_model_len, seed=cfg.seed + i,
-                enforce_eager=v.enforce_eager, kv_cache_gib=v.kv_cache_gib)
+            rollout_cls.options(
+                num_cpus=v.num_cpus,
+                num_gpus=v.num_gpus,
+                scheduling_strategy=at(base + i),
+                runtime_env={"env_vars": v.actor_env()},
+            ).remote(
+                cfg.model_path,
+                dtype=v.dtype,
+                max_model_len=v.max_model_len,
+                seed=cfg.seed + i,
+                enforce_eager=v.enforce_eager,
+                kv_cache_gib=v.kv_cache_gib,
+            )
             for i in range(v.num_workers)
         ]
         base += v.num_workers
         reward_cls = make_reward_worker_actor()
         self.rewards = [
-            reward_cls.options(num_cpus=p.reward_cpus, scheduling_strategy=at(base + i),
-                               runtime_env={"env_vars": env}).remote(
-                cfg.rewards.functions, cfg.rewards.default_reward)
+            reward_cls.options(
+                num_cpus=p.reward_cpus, scheduling_strategy=at(base + i), runtime_env={"env_vars": env}
+            ).remote(cfg.rewards.functions, cfg.rewards.default_reward)
             for i in range(cfg.rewards.num_workers)
         ]
         ray.get([w.ready.remote() for w in self.rollouts] + [w.names.remote() for w in self.rewards])
@@ -175,7 +214,10 @@ class Actors:
         if self.sync_backend == "collective":
             port, world = free_port(), len(self.rollouts) + 1
             backend = "nccl" if v.num_gpus else "gloo"
-            refs = [w.init_weight_group.remote(master_addr, port, i + 1, world, backend) for i, w in enumerate(self.rollouts)]
+            refs = [
+                w.init_weight_group.remote(master_addr, port, i + 1, world, backend)
+                for i, w in enumerate(self.rollouts)
+            ]
             refs += [lr.init_weight_group.remote(master_addr, port, world, backend) for lr in self.learners]
             ray.get(refs)
 
@@ -207,7 +249,7 @@ class Actors:
 # The pieces of a step
 
 
-def prompt_pool(cfg: RLData, seed: int):
+def prompt_pool(cfg: RLData):
     """Answer-only practice problems: the 'rl' split of each task (never SFT or held-out ones)."""
     from rlpost.data import load_gsm8k
     from rlpost.tasks import make_problems
@@ -235,7 +277,7 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def _split(items: list, parts: int) -> list[list]:
     size = math.ceil(len(items) / parts)
-    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
 def rollout(actors: Actors, tokenizer, problems: list, cfg: RolloutConfig, tools: ToolConfig):
@@ -248,9 +290,19 @@ def rollout(actors: Actors, tokenizer, problems: list, cfg: RolloutConfig, tools
 
     ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
     chunks = _split(ids, len(actors.rollouts))
-    refs = [w.generate.remote(chunk, n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                              top_p=cfg.top_p, stop_token_ids=stop_token_ids(tokenizer), tools=tools)
-            for w, chunk in zip(actors.rollouts, chunks) if chunk]
+    refs = [
+        w.generate.remote(
+            chunk,
+            n=cfg.n,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            stop_token_ids=stop_token_ids(tokenizer),
+            tools=tools,
+        )
+        for w, chunk in zip(actors.rollouts, chunks)
+        if chunk
+    ]
     parts = ray.get(refs)
     tool_s = max(sum(s.tool_s for g in part for s in g) for part in parts)
     return ids, [g for part in parts for g in part], tool_s
@@ -261,11 +313,20 @@ def score(actors: Actors, problems: list, texts: list[str], n: int, num_tokens: 
     import ray
 
     flat = [p for p in problems for _ in range(n)]
-    columns = {"answer": [p.answer for p in flat], "task": [p.task for p in flat],
-               "num_tokens": num_tokens, "max_tokens": [max_tokens] * len(flat)}
+    columns = {
+        "answer": [p.answer for p in flat],
+        "task": [p.task for p in flat],
+        "num_tokens": num_tokens,
+        "max_tokens": [max_tokens] * len(flat),
+    }
     index_chunks = _split(list(range(len(flat))), len(actors.rewards))
-    refs = [w.score.remote([flat[i].prompt for i in idx], [texts[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()})
-            for w, idx in zip(actors.rewards, index_chunks) if idx]
+    refs = [
+        w.score.remote(
+            [flat[i].prompt for i in idx], [texts[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()}
+        )
+        for w, idx in zip(actors.rewards, index_chunks)
+        if idx
+    ]
     results = ray.get(refs)
     rewards = [math.nan if r is None else r for res in results for r in res.total]
     per_fn: dict[str, list] = {}
@@ -307,15 +368,22 @@ def build_trajectories(prompt_ids: list[list[int]], groups: list[list], rewards:
     if algo.overlong == "mask":
         keep &= ~truncated
     trajectories = [
-        Trajectory(prompt_ids[i // n], s.token_ids, s.logprobs, s.loss_mask or [1] * len(s.token_ids),
-                   float(advantages[i]))
-        for i, s in enumerate(samples) if keep[i]
+        Trajectory(
+            prompt_ids[i // n], s.token_ids, s.logprobs, s.loss_mask or [1] * len(s.token_ids), float(advantages[i])
+        )
+        for i, s in enumerate(samples)
+        if keep[i]
     ]
     calls = torch.tensor([float(s.tool_calls) for s in samples])
-    stats = {"groups_dropped_frac": float(dropped_groups.float().mean()), "samples_kept": int(keep.sum()),
-             "response_len/mean": float(lengths.float().mean()), "response_len/max": int(lengths.max()),
-             "truncated_frac": float(truncated.float().mean()),
-             "tool/calls_per_sample": float(calls.mean()), "tool/samples_with_call_frac": float((calls > 0).float().mean())}
+    stats = {
+        "groups_dropped_frac": float(dropped_groups.float().mean()),
+        "samples_kept": int(keep.sum()),
+        "response_len/mean": float(lengths.float().mean()),
+        "response_len/max": int(lengths.max()),
+        "truncated_frac": float(truncated.float().mean()),
+        "tool/calls_per_sample": float(calls.mean()),
+        "tool/samples_with_call_frac": float((calls > 0).float().mean()),
+    }
     return trajectories, stats
 
 
@@ -344,7 +412,7 @@ def train(cfg: RLConfig) -> dict:
     for spec in cfg.rewards.functions:  # a bad reference fails here, before any actor starts
         load_reward_fn(spec.name, spec.kwargs)
     tokenizer = load_tokenizer(cfg.model_path)
-    pool = prompt_pool(cfg.data, cfg.seed)
+    pool = prompt_pool(cfg.data)
     held_out = [p for task in cfg.data.tasks for p in make_problems(task, "eval", cfg.eval.problems_per_task)]
 
     init_ray()
@@ -390,8 +458,9 @@ def train(cfg: RLConfig) -> dict:
             t0 = time.perf_counter()
             samples = [s for g in groups for s in g]
             texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
-            rewards, per_fn, reward_metrics = score(actors, problems, texts, cfg.rollout.n,
-                                                    [len(s.token_ids) for s in samples], cfg.rollout.max_new_tokens)
+            rewards, per_fn, reward_metrics = score(
+                actors, problems, texts, cfg.rollout.n, [len(s.token_ids) for s in samples], cfg.rollout.max_new_tokens
+            )
             t_reward += time.perf_counter() - t0
             new, stats = build_trajectories(ids, groups, rewards, cfg)
             trajectories += new
@@ -406,14 +475,18 @@ def train(cfg: RLConfig) -> dict:
         metrics["cursor"] = cursor
         metrics["refill_rounds_used"] = len(stats_rounds) - 1
         metrics["reward/mean"] = sum(reward_rows) / max(1, len(reward_rows))
-        metrics["reward/std"] = (sum((r - metrics["reward/mean"]) ** 2 for r in reward_rows) / max(1, len(reward_rows))) ** 0.5
+        metrics["reward/std"] = (
+            sum((r - metrics["reward/mean"]) ** 2 for r in reward_rows) / max(1, len(reward_rows))
+        ) ** 0.5
         metrics["accuracy"] = sum(acc_rows) / max(1, len(acc_rows))
         metrics["time/rollout"], metrics["time/reward"] = t_rollout, t_reward
         if cfg.tools.enabled:
             metrics["time/tool"] = t_tool
 
         if trajectories:
-            learner_metrics = _mean_over_ranks(ray.get([lr.train.remote(trajectories, cfg.rollout.temperature) for lr in actors.learners]))
+            learner_metrics = _mean_over_ranks(
+                ray.get([lr.train.remote(trajectories, cfg.rollout.temperature) for lr in actors.learners])
+            )
             metrics.update(learner_metrics)
         else:
             print(f"step {step + 1}: every group was dropped (no reward signal); skipping the update")
@@ -430,8 +503,12 @@ def train(cfg: RLConfig) -> dict:
         metrics["time/step"] = time.perf_counter() - t_step
         logger.log(step, metrics)
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                        kept=metrics["samples_kept"], s=f"{metrics['time/step']:.1f}")
+        bar.set_postfix(
+            reward=f"{metrics['reward/mean']:.3f}",
+            acc=f"{metrics['accuracy']:.3f}",
+            kept=metrics["samples_kept"],
+            s=f"{metrics['time/step']:.1f}",
+        )
     bar.close()
     ray.get([lr.save_hf.remote(str(run_dir / "model")) for lr in actors.learners])
     final = run_eval() if cfg.eval_every else {}

@@ -13,8 +13,13 @@ from rlpost.config import doc
 from rlpost.tasks import Problem
 
 # Which built-in reward checks each task's answers.
-TASK_REWARDS = {"arithmetic": "math", "gsm8k": "math", "compare": "math",
-                "spelling_bee": "letter_count", "spelling": "spelling"}
+TASK_REWARDS = {
+    "arithmetic": "math",
+    "gsm8k": "math",
+    "compare": "math",
+    "spelling_bee": "letter_count",
+    "spelling": "spelling",
+}
 
 
 @dataclass
@@ -35,8 +40,9 @@ def score_completions(problems: list[Problem], completions: list[str]) -> list[f
         by_task[p.task].append(i)
     for task, idx in by_task.items():
         fn = BUILTIN_REWARDS[TASK_REWARDS[task]]
-        values = fn([problems[i].prompt for i in idx], [completions[i] for i in idx],
-                    answer=[problems[i].answer for i in idx])
+        values = fn(
+            [problems[i].prompt for i in idx], [completions[i] for i in idx], answer=[problems[i].answer for i in idx]
+        )
         for i, v in zip(idx, values):
             scores[i] = float(v or 0.0)
     return scores
@@ -54,9 +60,16 @@ def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=
     from rlpost.chat import prompt_ids
     from rlpost.tokenizer import stop_token_ids
 
-    outputs = ray.get(worker.generate.remote(
-        [prompt_ids(tokenizer, p.prompt) for p in problems], n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, stop_token_ids=stop_token_ids(tokenizer), tools=tools))
+    outputs = ray.get(
+        worker.generate.remote(
+            [prompt_ids(tokenizer, p.prompt) for p in problems],
+            n=cfg.samples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            stop_token_ids=stop_token_ids(tokenizer),
+            tools=tools,
+        )
+    )
     flat_problems = [p for p in problems for _ in range(cfg.samples)]
     flat_samples = [s for group in outputs for s in group]
     texts = tokenizer.batch_decode([s.token_ids for s in flat_samples], skip_special_tokens=True)
@@ -69,14 +82,22 @@ def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=
         stats["truncated"].append(s.finish_reason == "length")
         stats["tool_calls"].append(s.tool_calls)
         if i % cfg.samples == cfg.samples - 1:
-            stats["solved"].append(max(stats["score"][-cfg.samples:]))
-    result = {task: {"accuracy": _mean(st["score"]), f"pass@{cfg.samples}": _mean(st["solved"]),
-                     "mean_tokens": _mean(st["tokens"]), "truncated": _mean(st["truncated"]),
-                     "tool_calls": _mean(st["tool_calls"]),
-                     "problems": len(st["solved"])}
-              for task, st in per_task.items()}
-    result["transcripts"] = [{"task": p.task, "prompt": p.prompt, "answer": p.answer, "completion": t, "correct": sc}
-                             for p, t, sc in zip(flat_problems[:: cfg.samples], texts[:: cfg.samples], scores[:: cfg.samples])]
+            stats["solved"].append(max(stats["score"][-cfg.samples :]))
+    result = {
+        task: {
+            "accuracy": _mean(st["score"]),
+            f"pass@{cfg.samples}": _mean(st["solved"]),
+            "mean_tokens": _mean(st["tokens"]),
+            "truncated": _mean(st["truncated"]),
+            "tool_calls": _mean(st["tool_calls"]),
+            "problems": len(st["solved"]),
+        }
+        for task, st in per_task.items()
+    }
+    result["transcripts"] = [
+        {"task": p.task, "prompt": p.prompt, "answer": p.answer, "completion": t, "correct": sc}
+        for p, t, sc in zip(flat_problems[:: cfg.samples], texts[:: cfg.samples], scores[:: cfg.samples])
+    ]
     return result
 
 
@@ -94,8 +115,9 @@ def format_table(results: dict[str, dict], columns=("accuracy",)) -> str:
     return "\n".join(rows)
 
 
-def evaluate_models(model_paths: dict[str, str], problems: list[Problem], configs: dict[str, EvalConfig],
-                    vllm_cfg=None) -> dict[str, dict[str, dict]]:
+def evaluate_models(
+    model_paths: dict[str, str], problems: list[Problem], configs: dict[str, EvalConfig], vllm_cfg=None
+) -> dict[str, dict[str, dict]]:
     """Evaluate several checkpoints of one architecture on the same problems with one engine:
     {model name: {config name: evaluate(...)}}. Weights are swapped in with a sync, not a restart."""
     import ray

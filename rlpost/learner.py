@@ -35,13 +35,17 @@ class Trajectory:
 class PolicyLossConfig:
     clip_low: float = doc("PPO ratio clip below 1 (ratio >= 1 - clip_low).", 0.2)
     clip_high: float = doc("PPO ratio clip above 1; > clip_low is DAPO's clip-higher (Yu et al. 2025).", 0.2)
-    loss_agg: str = doc("'token-mean' (DAPO), 'seq-mean-token-mean' (GRPO) or 'seq-mean-token-sum-norm' (Dr. GRPO).", "token-mean")
+    loss_agg: str = doc(
+        "'token-mean' (DAPO), 'seq-mean-token-mean' (GRPO) or 'seq-mean-token-sum-norm' (Dr. GRPO).", "token-mean"
+    )
     kl_coef: float = doc("Weight of the KL penalty to the frozen reference policy; 0 loads no reference model.", 0.0)
     kl_estimator: str = doc("KL estimator: 'k1', 'k2' or 'k3' (Schulman's low-variance estimator).", "k3")
     ppo_epochs: int = doc("Passes over each batch of trajectories.", 1)
     mini_batches: int = doc("Optimizer steps per epoch (the batch is split into this many mini-batches).", 1)
     micro_batch_size: int = doc("Sequences per forward/backward (gradient accumulation within a mini-batch).", 64)
-    max_len: int = doc("Normaliser of 'seq-mean-token-sum-norm' (tokens); the rollout's max_new_tokens is a good choice.", 256)
+    max_len: int = doc(
+        "Normaliser of 'seq-mean-token-sum-norm' (tokens); the rollout's max_new_tokens is a good choice.", 256
+    )
 
     def validate(self):
         from rlpost.algorithms import KL_ESTIMATORS, LOSS_AGG_MODES
@@ -70,7 +74,13 @@ def pack(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]
         sampling_lp[i, start:end] = torch.tensor(t.sampling_logprobs)
         last[i] = end - 1
     advantages = torch.tensor([t.advantage for t in trajectories], dtype=torch.float32)
-    return {"input_ids": input_ids, "mask": mask, "sampling_logprobs": sampling_lp, "advantages": advantages, "last": last}
+    return {
+        "input_ids": input_ids,
+        "mask": mask,
+        "sampling_logprobs": sampling_lp,
+        "advantages": advantages,
+        "last": last,
+    }
 
 
 def _micro_batches(n: int, size: int) -> list[slice]:
@@ -89,7 +99,7 @@ def packed_logprobs(forward, batch: dict[str, torch.Tensor], micro_batch_size: i
     for sl in _micro_batches(len(order), micro_batch_size):
         idx = order[sl]
         width = int(last[idx].max()) + 1
-        cut = ids[idx, :width + 1]
+        cut = ids[idx, : width + 1]
         out[idx, :width] = token_logprobs(forward(cut) / temperature, cut)
     return out
 
@@ -97,15 +107,34 @@ def packed_logprobs(forward, batch: dict[str, torch.Tensor], micro_batch_size: i
 class Learner:
     """One learner rank (a Ray actor). All ranks must receive every call of a step."""
 
-    def __init__(self, model_path: str, optim: OptimConfig, engine: EngineConfig, loss: PolicyLossConfig, *,
-                 rank: int, master_addr: str, master_port: int, total_steps: int, seed: int = 0):
+    def __init__(
+        self,
+        model_path: str,
+        optim: OptimConfig,
+        engine: EngineConfig,
+        loss: PolicyLossConfig,
+        *,
+        rank: int,
+        master_addr: str,
+        master_port: int,
+        total_steps: int,
+        seed: int = 0,
+    ):
         from rlpost.model import load_model
         from rlpost.tokenizer import load_tokenizer
 
         self.rank, self.world_size, self.loss_cfg = rank, engine.world_size, loss
-        self.trainer = DeepSpeedTrainer(model_path, optim, engine, total_steps=total_steps,
-                                        micro_batch_size=loss.micro_batch_size, rank=rank,
-                                        master_addr=master_addr, master_port=master_port, seed=seed)
+        self.trainer = DeepSpeedTrainer(
+            model_path,
+            optim,
+            engine,
+            total_steps=total_steps,
+            micro_batch_size=loss.micro_batch_size,
+            rank=rank,
+            master_addr=master_addr,
+            master_port=master_port,
+            seed=seed,
+        )
         self.tokenizer = load_tokenizer(model_path)
         self.reference = None
         if loss.kl_coef > 0:  # the frozen starting policy; skipped entirely when there is no KL term
@@ -127,8 +156,12 @@ class Learner:
         t0 = time.perf_counter()
         ref_lp = None
         if self.reference is not None:
-            ref_lp = packed_logprobs(lambda ids: self.reference(input_ids=ids, use_cache=False).logits, batch,
-                                     cfg.micro_batch_size, temperature)
+            ref_lp = packed_logprobs(
+                lambda ids: self.reference(input_ids=ids, use_cache=False).logits,
+                batch,
+                cfg.micro_batch_size,
+                temperature,
+            )
         timings["time/reference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # With one update per batch the "old" policy is the current one: its logprobs are the
@@ -138,7 +171,9 @@ class Learner:
             self.trainer.engine.eval()
             old_lp = packed_logprobs(self.trainer.logits, batch, cfg.micro_batch_size, temperature)
 
-        stats: dict[str, list[float]] = {k: [] for k in ("loss", "kl", "entropy", "clip_frac", "logprob_gap", "grad_norm")}
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("loss", "kl", "entropy", "clip_frac", "logprob_gap", "grad_norm")
+        }
         self.trainer.engine.train()
         for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(n) if epoch > 0 else torch.arange(n)
@@ -173,7 +208,7 @@ class Learner:
     def _micro_loss(self, batch, idx, old_lp, ref_lp, temperature):
         cfg = self.loss_cfg
         width = int(batch["last"][idx].max()) + 1  # logprob columns; the rest is padding
-        input_ids = batch["input_ids"][idx, :width + 1]
+        input_ids = batch["input_ids"][idx, : width + 1]
         mask = batch["mask"][idx, :width]
         logits = self.trainer.logits(input_ids) / temperature
         logprobs = token_logprobs(logits, input_ids)
@@ -191,8 +226,12 @@ class Learner:
             # Training/inference mismatch: how far the learner's probability of each sampled
             # token is from the probability vLLM sampled it with.
             gap = (logprobs.detach() - batch["sampling_logprobs"][idx, :width]).exp().sub(1).abs()
-        metrics.update(loss=loss.item(), entropy=masked_mean(entropy, mask).item(), clip_frac=masked_mean(clipped.float(), mask).item(),
-                       logprob_gap=masked_mean(gap, mask).item())
+        metrics.update(
+            loss=loss.item(),
+            entropy=masked_mean(entropy, mask).item(),
+            clip_frac=masked_mean(clipped.float(), mask).item(),
+            logprob_gap=masked_mean(gap, mask).item(),
+        )
         return loss, metrics
 
     # -- weights -------------------------------------------------------------------------------

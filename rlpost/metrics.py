@@ -14,7 +14,9 @@ from rlpost.config import doc
 
 @dataclass
 class LoggingConfig:
-    wandb_mode: str = doc("wandb mode: 'offline' (files under the run folder, no network), 'online' or 'disabled'.", "offline")
+    wandb_mode: str = doc(
+        "wandb mode: 'offline' (files under the run folder, no network), 'online' or 'disabled'.", "offline"
+    )
     wandb_project: str = doc("wandb project name.", "rlpost")
     log_every: int = doc("Write metrics every N steps.", 1)
 
@@ -22,7 +24,9 @@ class LoggingConfig:
         if self.wandb_mode not in ("offline", "online", "disabled"):
             from rlpost.config import ConfigError
 
-            raise ConfigError(f"logging.wandb_mode: {self.wandb_mode!r} is not one of ['offline', 'online', 'disabled']")
+            raise ConfigError(
+                f"logging.wandb_mode: {self.wandb_mode!r} is not one of ['offline', 'online', 'disabled']"
+            )
 
 
 def _clean(value):
@@ -43,8 +47,14 @@ class MetricsLogger:
                 import wandb
 
                 os.environ.setdefault("WANDB_SILENT", "true")
-                self.wandb = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(run_dir), mode=cfg.wandb_mode,
-                                        config=config, reinit="finish_previous")
+                self.wandb = wandb.init(
+                    project=cfg.wandb_project,
+                    name=run_name,
+                    dir=str(run_dir),
+                    mode=cfg.wandb_mode,
+                    config=config,
+                    reinit="finish_previous",
+                )
             except Exception as e:  # logging must never stop training
                 print(f"wandb disabled: {e}")
 

@@ -11,11 +11,25 @@ from pathlib import Path
 # Parameter counts are for the tiny tokenizer's vocabulary (1024 for tiny, 4096 for small).
 PRESETS: dict[str, dict] = {
     # ~3.3M parameters: learns the synthetic tasks in minutes on 2 CPU cores.
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                 intermediate_size=672, vocab_size=1024, max_position_embeddings=1024),
+    "tiny": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=672,
+        vocab_size=1024,
+        max_position_embeddings=1024,
+    ),
     # ~21M parameters.
-    "small": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8,
-                  intermediate_size=1376, vocab_size=4096, max_position_embeddings=2048),
+    "small": dict(
+        hidden_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=1376,
+        vocab_size=4096,
+        max_position_embeddings=2048,
+    ),
 }
 
 

@@ -247,8 +247,7 @@ def _import_file(reference: str, location: str):
     except (Exception, SystemExit) as error:
         del sys.modules[module_name]
         raise RewardLoadError(
-            f"{reference!r}: importing {path} failed: {type(error).__name__}: {error}\n"
-            f"{_format_traceback(error)}"
+            f"{reference!r}: importing {path} failed: {type(error).__name__}: {error}\n{_format_traceback(error)}"
         ) from error
     return module
 
@@ -260,9 +259,7 @@ def _import_module(reference: str, module_name: str):
         missing = error.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
             raise RewardLoadError(f"{reference!r}: module {module_name!r} not found") from error
-        raise RewardLoadError(
-            f"{reference!r}: importing module {module_name!r} failed: {error}"
-        ) from error
+        raise RewardLoadError(f"{reference!r}: importing module {module_name!r} failed: {error}") from error
     except (Exception, SystemExit) as error:
         raise RewardLoadError(
             f"{reference!r}: importing module {module_name!r} failed: {type(error).__name__}: "
@@ -300,17 +297,14 @@ def _check_signature(reference: str, function: Callable[..., Any]) -> None:
         return
     parameters = list(signature.parameters.values())
     positional = [
-        p
-        for p in parameters
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     takes_varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
     problem = None
     if len(positional) < 2 and not takes_varargs:
         problem = "it must take prompts and completions as its first two positional arguments"
     elif any(
-        p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is inspect.Parameter.empty
-        for p in positional[2:]
+        p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is inspect.Parameter.empty for p in positional[2:]
     ):
         problem = "it has required positional-only parameters after (prompts, completions)"
     if problem:
@@ -328,9 +322,7 @@ def _accepted_columns(function: Callable[..., Any]) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return None
     positional = [
-        p
-        for p in parameters
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     first_two = {p.name for p in positional[:2]}
     return {
@@ -548,8 +540,15 @@ class _RewardProcess:
         from_child_read, from_child_write = os.pipe()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_BOOTSTRAP, json.dumps([str(entry) for entry in sys.path]),
-                 str(to_child_read), str(from_child_write), str(os.getpid())],
+                [
+                    sys.executable,
+                    "-c",
+                    _CHILD_BOOTSTRAP,
+                    json.dumps([str(entry) for entry in sys.path]),
+                    str(to_child_read),
+                    str(from_child_write),
+                    str(os.getpid()),
+                ],
                 pass_fds=(to_child_read, from_child_write),
                 # Own process group, so a kill also reaches anything the function spawned.
                 start_new_session=True,
@@ -811,10 +810,7 @@ class RewardComputer:
         # Submit everywhere first so that the functions run in parallel.
         for process in self._processes:
             process.submit(prompts, completions, columns)
-        outcomes = {
-            process.name: process.collect(spec.timeout_s)
-            for process, spec in zip(self._processes, self.specs)
-        }
+        outcomes = {process.name: process.collect(spec.timeout_s) for process, spec in zip(self._processes, self.specs)}
 
         errors: list[str] = []
         for name, outcome in outcomes.items():

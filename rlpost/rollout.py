@@ -224,8 +224,13 @@ class RolloutWorker:
         self.start_s = time.perf_counter() - t0
         self.max_model_len = max_model_len
         self._tool: PythonTool | None = None
-        logger.info("vLLM engine for %s ready in %.1f s (in_process=%s, eager=%s)",
-                    model_path, self.start_s, self.in_process, enforce_eager)
+        logger.info(
+            "vLLM engine for %s ready in %.1f s (in_process=%s, eager=%s)",
+            model_path,
+            self.start_s,
+            self.in_process,
+            enforce_eager,
+        )
 
     # ------------------------------------------------------------------ generation
 
@@ -260,8 +265,9 @@ class RolloutWorker:
             raise ValueError(f"need n >= 1 and max_new_tokens >= 1, got {n=}, {max_new_tokens=}")
         longest = max((len(p) for p in prompt_token_ids), default=0)
         if longest + max_new_tokens > self.max_model_len:
-            raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds "
-                             f"max_model_len={self.max_model_len}")
+            raise ValueError(
+                f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds max_model_len={self.max_model_len}"
+            )
 
         use_tools = tools is not None and tools.enabled and tools.max_calls > 0
         tool_ids = self._tool_token_ids() if use_tools else {}
@@ -291,8 +297,9 @@ class RolloutWorker:
             self._tool_rounds(prompt_token_ids, groups, tools, tool_ids, params, max_new_tokens, seed)
         return groups
 
-    def _tool_rounds(self, prompt_token_ids, groups, tools: ToolConfig, tool_ids: dict, params, max_new_tokens: int,
-                     seed: int | None) -> None:
+    def _tool_rounds(
+        self, prompt_token_ids, groups, tools: ToolConfig, tool_ids: dict, params, max_new_tokens: int, seed: int | None
+    ) -> None:
         """Serve the samples' tool calls in place: run every pending call in one sandbox batch,
         then resume all those samples in one engine call; repeat until none waits on the tool."""
         if self._tool is None or self._tool.cfg != tools:
@@ -305,15 +312,21 @@ class RolloutWorker:
             s.loss_mask = [1] * len(s.token_ids)
 
         def wants_tool(s: Sample) -> bool:
-            return (s.finish_reason == "stop" and s.token_ids[-1] == tool_ids[PYTHON_END]
-                    and s.tool_calls < tools.max_calls and len(s.token_ids) < max_new_tokens)
+            return (
+                s.finish_reason == "stop"
+                and s.token_ids[-1] == tool_ids[PYTHON_END]
+                and s.tool_calls < tools.max_calls
+                and len(s.token_ids) < max_new_tokens
+            )
 
         pending = [(p, s) for p, s in flat if wants_tool(s)]
         round_ = 0
         while pending:
             round_ += 1
-            codes = [tokenizer.decode(_tool_code(s.token_ids, tool_ids[PYTHON_START]), skip_special_tokens=True)
-                     for _, s in pending]
+            codes = [
+                tokenizer.decode(_tool_code(s.token_ids, tool_ids[PYTHON_START]), skip_special_tokens=True)
+                for _, s in pending
+            ]
             t0 = time.perf_counter()
             results = self._tool.run(codes)
             share = (time.perf_counter() - t0) / len(pending)
@@ -332,10 +345,18 @@ class RolloutWorker:
                     s.finish_reason = "length"
             if not resume:
                 break
-            sampling = [params(None if seed is None else seed + 7919 * round_ + i, 1, max_new_tokens - len(s.token_ids),
-                               s.tool_calls < tools.max_calls) for i, (_, s) in enumerate(resume)]
-            outputs = self.llm.generate([{"prompt_token_ids": list(p) + s.token_ids} for p, s in resume], sampling,
-                                        use_tqdm=False)
+            sampling = [
+                params(
+                    None if seed is None else seed + 7919 * round_ + i,
+                    1,
+                    max_new_tokens - len(s.token_ids),
+                    s.tool_calls < tools.max_calls,
+                )
+                for i, (_, s) in enumerate(resume)
+            ]
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": list(p) + s.token_ids} for p, s in resume], sampling, use_tqdm=False
+            )
             for (_, s), req in zip(resume, outputs):
                 more = _to_sample(req.outputs[0])
                 s.token_ids += more.token_ids
@@ -366,8 +387,7 @@ class RolloutWorker:
         else:
             from safetensors.torch import save as save_safetensors
 
-            payload = save_safetensors({k: v.detach().contiguous().cpu().clone()
-                                        for k, v in named_tensors.items()})
+            payload = save_safetensors({k: v.detach().contiguous().cpu().clone() for k, v in named_tensors.items()})
         self.llm.collective_rpc("rlpost_load_weights", args=(payload,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         took = time.perf_counter() - t0
@@ -380,8 +400,7 @@ class RolloutWorker:
         """Join the learner's weight-broadcast group as `rank` (>= 1); rank 0 must join too."""
         if rank == 0:
             raise ValueError("rank 0 is the learner; rollout workers take ranks 1..world_size-1")
-        self.llm.collective_rpc("rlpost_init_weight_group",
-                                args=(master_addr, master_port, rank, world_size, backend))
+        self.llm.collective_rpc("rlpost_init_weight_group", args=(master_addr, master_port, rank, world_size, backend))
 
     def receive_weights(self, specs: list[tuple[str, tuple[int, ...], str]]) -> float:
         """Receive rank 0's broadcast of `specs` (see `weight_sync.weight_specs`) and load it.
@@ -392,8 +411,7 @@ class RolloutWorker:
         recv_s, load_s = self.llm.collective_rpc("rlpost_receive_weights", args=(specs,))[0]
         self.llm.reset_prefix_cache()
         took = time.perf_counter() - t0
-        logger.info("weights received by broadcast in %.3f s (receive %.3f s, load %.3f s)",
-                    took, recv_s, load_s)
+        logger.info("weights received by broadcast in %.3f s (receive %.3f s, load %.3f s)", took, recv_s, load_s)
         return took
 
     def close_weight_group(self) -> None:
@@ -411,8 +429,9 @@ def _fit_max_model_len(model_path: str, max_model_len: int) -> int:
         return max_model_len
     limit = json.loads(config_file.read_text()).get("max_position_embeddings")
     if isinstance(limit, int) and 0 < limit < max_model_len:
-        logger.warning("max_model_len=%d exceeds the model's max_position_embeddings=%d; using %d",
-                       max_model_len, limit, limit)
+        logger.warning(
+            "max_model_len=%d exceeds the model's max_position_embeddings=%d; using %d", max_model_len, limit, limit
+        )
         return limit
     return max_model_len
 
@@ -421,7 +440,7 @@ def _tool_code(token_ids: list[int], python_start: int) -> list[int]:
     """The ids between the last <|python_start|> and the closing <|python_end|> (the last id)."""
     body = token_ids[:-1]
     starts = [i for i, t in enumerate(body) if t == python_start]
-    return body[starts[-1] + 1:] if starts else []
+    return body[starts[-1] + 1 :] if starts else []
 
 
 def _to_sample(completion) -> Sample:

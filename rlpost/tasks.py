@@ -28,11 +28,42 @@ class Problem:
     answer: str
 
 
-NAMES = ["Emily", "Liam", "Sofia", "Noah", "Ava", "Mateo", "Mia", "Lucas", "Zara", "Omar",
-         "Chloe", "Ethan", "Priya", "Kenji", "Hana", "Diego", "Nora", "Felix", "Amara", "Leo"]
-ITEMS = [("apple", "apples"), ("orange", "oranges"), ("pencil", "pencils"), ("book", "books"),
-         ("cookie", "cookies"), ("marble", "marbles"), ("sticker", "stickers"), ("card", "cards"),
-         ("banana", "bananas"), ("toy car", "toy cars"), ("notebook", "notebooks"), ("cupcake", "cupcakes")]
+NAMES = [
+    "Emily",
+    "Liam",
+    "Sofia",
+    "Noah",
+    "Ava",
+    "Mateo",
+    "Mia",
+    "Lucas",
+    "Zara",
+    "Omar",
+    "Chloe",
+    "Ethan",
+    "Priya",
+    "Kenji",
+    "Hana",
+    "Diego",
+    "Nora",
+    "Felix",
+    "Amara",
+    "Leo",
+]
+ITEMS = [
+    ("apple", "apples"),
+    ("orange", "oranges"),
+    ("pencil", "pencils"),
+    ("book", "books"),
+    ("cookie", "cookies"),
+    ("marble", "marbles"),
+    ("sticker", "stickers"),
+    ("card", "cards"),
+    ("banana", "bananas"),
+    ("toy car", "toy cars"),
+    ("notebook", "notebooks"),
+    ("cupcake", "cupcakes"),
+]
 CONTAINERS = ["boxes", "bags", "baskets", "jars", "crates", "packs"]
 
 
@@ -45,14 +76,20 @@ def _answer(steps: list[str], answer: int | str) -> str:
 # or three steps; the difficulty level is the largest number a template draws (see
 # ARITHMETIC_LEVELS). Every intermediate value is a whole number.
 
+
 def _buy_total(rng: random.Random, hi: int):
     name = rng.choice(NAMES)
     (a1, a1s), (a2, a2s) = rng.sample(ITEMS, 2)
     a, b, p, q = (rng.randint(2, hi) for _ in range(4))
-    prompt = (f"{name} buys {a} {a1s} and {b} {a2s}. Each {a1} costs ${p} and each {a2} costs ${q}. "
-              f"How much does {name} spend in total?")
-    steps = [f"The {a1s} cost {a} * {p} = {a * p}.", f"The {a2s} cost {b} * {q} = {b * q}.",
-             f"The total is {a * p} + {b * q} = {a * p + b * q}."]
+    prompt = (
+        f"{name} buys {a} {a1s} and {b} {a2s}. Each {a1} costs ${p} and each {a2} costs ${q}. "
+        f"How much does {name} spend in total?"
+    )
+    steps = [
+        f"The {a1s} cost {a} * {p} = {a * p}.",
+        f"The {a2s} cost {b} * {q} = {b * q}.",
+        f"The total is {a * p} + {b * q} = {a * p + b * q}.",
+    ]
     return prompt, steps, a * p + b * q
 
 
@@ -62,10 +99,15 @@ def _unit_price(rng: random.Random, hi: int):
     (a1, a1s), (a2, a2s) = rng.sample(ITEMS, 2)
     a, b, p, q = (rng.randint(2, hi) for _ in range(4))
     total = a * p + b * q
-    prompt = (f"{name} buys {a} {a1s} and {b} {a2s}. Each {a2} costs ${q}. The total cost is ${total}. "
-              f"What is the cost of each {a1}?")
-    steps = [f"The {a2s} cost {b} * {q} = {b * q}.", f"The {a1s} cost {total} - {b * q} = {a * p}.",
-             f"Each {a1} costs {a * p} / {a} = {p}."]
+    prompt = (
+        f"{name} buys {a} {a1s} and {b} {a2s}. Each {a2} costs ${q}. The total cost is ${total}. "
+        f"What is the cost of each {a1}?"
+    )
+    steps = [
+        f"The {a2s} cost {b} * {q} = {b * q}.",
+        f"The {a1s} cost {total} - {b * q} = {a * p}.",
+        f"Each {a1} costs {a * p} / {a} = {p}.",
+    ]
     return prompt, steps, p
 
 
@@ -103,11 +145,15 @@ def _saving(rng: random.Random, hi: int):
     name = rng.choice(NAMES)
     start, per_week, weeks = rng.randint(1, 5 * hi), rng.randint(2, hi), rng.randint(2, 9)
     spend = rng.randint(1, start + per_week * weeks - 1)
-    prompt = (f"{name} has ${start}. {name} saves ${per_week} each week for {weeks} weeks, "
-              f"then spends ${spend} on a gift. How much money does {name} have left?")
-    steps = [f"{name} saves {per_week} * {weeks} = {per_week * weeks}.",
-             f"{name} has {start} + {per_week * weeks} = {start + per_week * weeks}.",
-             f"After the gift: {start + per_week * weeks} - {spend} = {start + per_week * weeks - spend}."]
+    prompt = (
+        f"{name} has ${start}. {name} saves ${per_week} each week for {weeks} weeks, "
+        f"then spends ${spend} on a gift. How much money does {name} have left?"
+    )
+    steps = [
+        f"{name} saves {per_week} * {weeks} = {per_week * weeks}.",
+        f"{name} has {start} + {per_week * weeks} = {start + per_week * weeks}.",
+        f"After the gift: {start + per_week * weeks} - {spend} = {start + per_week * weeks - spend}.",
+    ]
     return prompt, steps, start + per_week * weeks - spend
 
 
@@ -128,6 +174,7 @@ def arithmetic(rng: random.Random, levels: tuple[int, ...] = ARITHMETIC_LEVELS) 
 
 # --- letters --------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=1)
 def word_list() -> tuple[str, ...]:
     """English words of 3-10 letters from the `english-words` package (no network needed)."""
@@ -143,7 +190,7 @@ SPELLING_BEE_PROMPTS = [
     "Count the number of '{l}' in '{w}'.",
     "In the word {w}, how many {l}'s are there?",
     "how many {l} in {w}",
-    "What is the count of the letter {l} in \"{w}\"?",
+    'What is the count of the letter {l} in "{w}"?',
     "Can you tell me how many '{l}' there are in the word {w}?",
 ]
 
@@ -162,43 +209,57 @@ def spelling_bee(rng: random.Random, with_tool: bool = False) -> Problem:
             lines.append(f"{ch} → {count}")
         else:
             lines.append(ch)
-    solution = (f"The word is '{word}'. Spelled out: {','.join(word)}.\n"
-                f"Counting '{letter}':\n" + "\n".join(lines) + f"\nThat makes {count}.")
+    solution = (
+        f"The word is '{word}'. Spelled out: {','.join(word)}.\n"
+        f"Counting '{letter}':\n" + "\n".join(lines) + f"\nThat makes {count}."
+    )
     if with_tool:
-        solution += (f" Let me check with Python: {PYTHON_START}'{word}'.count('{letter}'){PYTHON_END}"
-                     f"{OUTPUT_START}{count}{OUTPUT_END}")
+        solution += (
+            f" Let me check with Python: {PYTHON_START}'{word}'.count('{letter}'){PYTHON_END}"
+            f"{OUTPUT_START}{count}{OUTPUT_END}"
+        )
     return Problem("spelling_bee", prompt, solution + f" The answer is {count}.", str(count))
 
 
 def spelling(rng: random.Random) -> Problem:
     word = rng.choice(word_list())
-    prompt = rng.choice(["Spell the word '{w}' letter by letter.", "Spell {w}.", "How do you spell '{w}'?"]).format(w=word)
+    prompt = rng.choice(["Spell the word '{w}' letter by letter.", "Spell {w}.", "How do you spell '{w}'?"]).format(
+        w=word
+    )
     spelled = ",".join(word)
     return Problem("spelling", prompt, f"'{word}' is spelled {spelled}. The answer is {spelled}.", spelled)
 
 
 # --- number comparison ------------------------------------------------------------------------
 
+
 def compare_numbers(rng: random.Random) -> Problem:
     """'Which is bigger, 9.11 or 9.9?': the classic trap; the solution pads decimals to equal length."""
     whole = rng.randint(0, 20)
     digits_a, digits_b = rng.randint(1, 2), rng.randint(1, 2)
     while True:
-        fa = rng.randint(1, 10 ** digits_a - 1)
-        fb = rng.randint(1, 10 ** digits_b - 1)
+        fa = rng.randint(1, 10**digits_a - 1)
+        fb = rng.randint(1, 10**digits_b - 1)
         a, b = f"{whole}.{fa:0{digits_a}d}", f"{whole + rng.choice([0, 0, 0, 1])}.{fb:0{digits_b}d}"
         if float(a) != float(b) and not a.endswith("0") and not b.endswith("0"):
             break
     if rng.random() < 0.5:
         a, b = b, a
-    prompt = rng.choice(["Which is bigger, {a} or {b}?", "Which number is larger: {a} or {b}?",
-                         "Is {a} bigger than {b}? Answer with the bigger number."]).format(a=a, b=b)
+    prompt = rng.choice(
+        [
+            "Which is bigger, {a} or {b}?",
+            "Which number is larger: {a} or {b}?",
+            "Is {a} bigger than {b}? Answer with the bigger number.",
+        ]
+    ).format(a=a, b=b)
     width = max(len(a.split(".")[1]), len(b.split(".")[1]))
     pa, pb = (f"{x.split('.')[0]}.{x.split('.')[1].ljust(width, '0')}" for x in (a, b))
     bigger = a if float(a) > float(b) else b
-    solution = (f"Write both with {width} decimal places: {pa} and {pb}. "
-                f"Compare {pa.replace('.', '')} and {pb.replace('.', '')} digit by digit: {bigger} is bigger. "
-                f"The answer is {bigger}.")
+    solution = (
+        f"Write both with {width} decimal places: {pa} and {pb}. "
+        f"Compare {pa.replace('.', '')} and {pb.replace('.', '')} digit by digit: {bigger} is bigger. "
+        f"The answer is {bigger}."
+    )
     return Problem("compare", prompt, solution, bigger)
 
 
@@ -245,5 +306,3 @@ def make_problems(task: str, split: str, n: int, seed: int = 0, **task_kwargs) -
         seen.add(p.prompt)
         out.append(p)
     return out
-
-

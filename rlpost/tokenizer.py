@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 BOS = "<|bos|>"  # begin of text / document
 EOS = "<|eos|>"  # end of text (pretraining documents)
@@ -19,8 +23,19 @@ PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"  # model writes 
 OUTPUT_START, OUTPUT_END = "<|output_start|>", "<|output_end|>"  # injected tool output
 THINK_START, THINK_END = "<think>", "</think>"
 SPECIAL_TOKENS = [
-    BOS, EOS, PAD, USER_START, USER_END, ASSISTANT_START, ASSISTANT_END,
-    PYTHON_START, PYTHON_END, OUTPUT_START, OUTPUT_END, THINK_START, THINK_END,
+    BOS,
+    EOS,
+    PAD,
+    USER_START,
+    USER_END,
+    ASSISTANT_START,
+    ASSISTANT_END,
+    PYTHON_START,
+    PYTHON_END,
+    OUTPUT_START,
+    OUTPUT_END,
+    THINK_START,
+    THINK_END,
 ]
 
 # System turns are rendered like user turns: the tiny models have no separate system role.
@@ -45,10 +60,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -59,7 +76,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     tok.train_from_iterator(texts, trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token=BOS, eos_token=ASSISTANT_END, pad_token=PAD, unk_token=None,
+        bos_token=BOS,
+        eos_token=ASSISTANT_END,
+        pad_token=PAD,
+        unk_token=None,
         additional_special_tokens=SPECIAL_TOKENS[3:],
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,

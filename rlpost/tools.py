@@ -67,8 +67,9 @@ class PythonTool:
         if self._pool is None:
             import sandbox
 
-            self._pool = sandbox.SandboxPool(self.cfg.sandbox_workers, timeout_s=self.cfg.timeout_s,
-                                             memory_mb=self.cfg.memory_mb)
+            self._pool = sandbox.SandboxPool(
+                self.cfg.sandbox_workers, timeout_s=self.cfg.timeout_s, memory_mb=self.cfg.memory_mb
+            )
         results = self._pool.run_batch([repl_program(c) for c in codes])
         return [output_text(r, self.cfg.max_output_chars) for r in results]
 

@@ -40,10 +40,15 @@ class OptimConfig:
 @dataclass
 class EngineConfig:
     zero_stage: int = doc("DeepSpeed ZeRO stage (0, 2 or 3).", 0)
-    bf16: bool = doc("Train in bf16 (2.5x faster than fp32 on AVX-512-bf16 CPUs); weights are kept in fp32 by the optimizer.", True)
+    bf16: bool = doc(
+        "Train in bf16 (2.5x faster than fp32 on AVX-512-bf16 CPUs); weights are kept in fp32 by the optimizer.", True
+    )
     world_size: int = doc("Learner ranks (processes); each is a Ray actor in RL, 1 in pretrain/SFT recipes.", 1)
-    threads: int = doc("torch threads per rank (CPU). 1 is safest on a shared or time-shared box: "
-                       "oversubscribed OpenMP threads made steps up to 8x slower here.", 1)
+    threads: int = doc(
+        "torch threads per rank (CPU). 1 is safest on a shared or time-shared box: "
+        "oversubscribed OpenMP threads made steps up to 8x slower here.",
+        1,
+    )
     dist_backend: str = doc("torch.distributed backend: 'gloo' on CPU, 'nccl' on GPU.", "gloo")
 
     def validate(self):
@@ -59,8 +64,13 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     """Join the learner's torch.distributed world (idempotent)."""
     import deepspeed
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank) if backend == "gloo" else "0",
-                      MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank) if backend == "gloo" else "0",
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+    )
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
@@ -93,9 +103,20 @@ def masked_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: tor
 
 
 class DeepSpeedTrainer:
-    def __init__(self, model_path: str, optim: OptimConfig, engine_cfg: EngineConfig, *, total_steps: int,
-                 micro_batch_size: int, rank: int = 0, master_addr: str = "127.0.0.1", master_port: int | None = None,
-                 seed: int = 0, gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        optim: OptimConfig,
+        engine_cfg: EngineConfig,
+        *,
+        total_steps: int,
+        micro_batch_size: int,
+        rank: int = 0,
+        master_addr: str = "127.0.0.1",
+        master_port: int | None = None,
+        seed: int = 0,
+        gradient_checkpointing: bool = False,
+    ):
         import deepspeed
 
         from rlpost.model import load_model
@@ -113,8 +134,9 @@ class DeepSpeedTrainer:
             model.gradient_checkpointing_enable()
         self.model_config = model.config
         # Plain torch AdamW: DeepSpeed's FusedAdam would JIT-build for ~3.5 minutes on CPU for no gain here.
-        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
-                                      weight_decay=optim.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(optim, total_steps))
         ds_config = {
             "train_micro_batch_size_per_gpu": micro_batch_size,
@@ -127,15 +149,17 @@ class DeepSpeedTrainer:
             "wall_clock_breakdown": False,
         }
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
         if not engine_cfg.bf16 and engine_cfg.zero_stage == 0:
             # DeepSpeed's plain fp32 path clips the gradients but drops their norm, so
             # get_global_grad_norm() would be None: clip here and keep it.
             engine = self.engine
 
             def clip_and_keep_norm():
-                engine._global_grad_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(),
-                                                                          engine.gradient_clipping())
+                engine._global_grad_norm = torch.nn.utils.clip_grad_norm_(
+                    engine.module.parameters(), engine.gradient_clipping()
+                )
 
             engine.clip_fp32_gradients = clip_and_keep_norm
         self.compute_dtype = torch.bfloat16 if engine_cfg.bf16 else torch.float32
@@ -149,8 +173,10 @@ class DeepSpeedTrainer:
         self.engine.backward(loss)
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
-        return {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                "lr": self.scheduler.get_last_lr()[0]}
+        return {
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
 
     def train_lm_batch(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, attention_mask=None) -> dict:
         """One optimizer step of masked next-token cross-entropy (pretraining and SFT)."""
@@ -259,15 +285,28 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, wi
     order = rng.sample(range(len(lengths)), len(lengths))[: per_epoch * batch_size]
     span = batch_size * window
     for start in range(0, len(order), span):
-        order[start:start + span] = sorted(order[start:start + span], key=lengths.__getitem__)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order[start : start + span] = sorted(order[start : start + span], key=lengths.__getitem__)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
 
 
-def train_lm(trainer: DeepSpeedTrainer, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int,
-             seed: int, run_dir: str | Path, tokenizer, logger, checkpoint_every: int, resume: bool,
-             on_checkpoint=None, desc: str = "train", max_minutes: float = 0.0) -> int:
+def train_lm(
+    trainer: DeepSpeedTrainer,
+    examples: list[tuple[list[int], list[int]]],
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    run_dir: str | Path,
+    tokenizer,
+    logger,
+    checkpoint_every: int,
+    resume: bool,
+    on_checkpoint=None,
+    desc: str = "train",
+    max_minutes: float = 0.0,
+) -> int:
     """The pretraining/SFT loop: length-bucketed shuffled epochs over `examples` (`epoch_batches`),
     one optimizer step per batch, metrics every step, an atomic checkpoint every
     `checkpoint_every` steps and at the end.

@@ -114,9 +114,7 @@ def create_weight_group(
     """
     if backend == "gloo":
         timeout = timedelta(seconds=timeout_s)
-        store = torch.distributed.TCPStore(
-            master_addr, master_port, world_size, is_master=(rank == 0), timeout=timeout
-        )
+        store = torch.distributed.TCPStore(master_addr, master_port, world_size, is_master=(rank == 0), timeout=timeout)
         # A prefix keeps this group's keys apart if the store is ever shared.
         prefixed = torch.distributed.PrefixStore("rlpost_weights", store)
         comm = torch.distributed.ProcessGroupGloo(prefixed, rank, world_size, timeout)
@@ -127,7 +125,10 @@ def create_weight_group(
         from vllm.distributed.utils import StatelessProcessGroup
 
         pg = StatelessProcessGroup.create(
-            host=master_addr, port=master_port, rank=rank, world_size=world_size,
+            host=master_addr,
+            port=master_port,
+            rank=rank,
+            world_size=world_size,
             store_timeout=int(timeout_s),
         )
         device = torch.device("cuda", torch.cuda.current_device())
@@ -183,10 +184,10 @@ def broadcast_weights(
     specs = weight_specs(named_tensors)
     for entries, size in plan_buckets(specs, bucket_bytes):
         buf = torch.empty(size, dtype=torch.uint8, device=group.device)
-        for (name, shape, _), offset in entries:
+        for (name, _, _), offset in entries:
             t = named_tensors[name].detach()
             flat = t.to(group.device).contiguous().reshape(-1).view(torch.uint8)
-            buf[offset: offset + flat.numel()].copy_(flat)
+            buf[offset : offset + flat.numel()].copy_(flat)
         group.broadcast(buf, src=0)
     return specs
 
@@ -206,4 +207,4 @@ def receive_broadcast(
         for (name, shape, dt), offset in entries:
             dtype = to_dtype(dt)
             n = _nbytes(shape, dtype)
-            yield name, buf[offset: offset + n].view(dtype).view(shape)
+            yield name, buf[offset : offset + n].view(dtype).view(shape)

@@ -37,8 +37,18 @@ _BOOT = f"import sys; sys.path.insert(0, sys.argv[1]); from {WORKER_PACKAGE}.wor
 
 # Readable inside the sandbox (Landlock), besides the interpreter's own installation.
 SYSTEM_READ_PATHS = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
-    "/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/random", "/dev/full",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/full",
 )
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
@@ -88,10 +98,19 @@ def base_interpreter() -> str:
 def _usable_by_sandbox_user(python: str) -> bool:
     probe = [python, "-I", "-S", "-c", "import encodings, json, ctypes, select"]
     try:
-        return subprocess.run(
-            probe, user=SANDBOX_UID, group=SANDBOX_GID, extra_groups=[], env=WORKER_ENV,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20,
-        ).returncode == 0
+        return (
+            subprocess.run(
+                probe,
+                user=SANDBOX_UID,
+                group=SANDBOX_GID,
+                extra_groups=[],
+                env=WORKER_ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=20,
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -150,7 +169,7 @@ class Staging:
 
 def owner_is_dead(name: str, prefix: str) -> bool:
     """For names like <prefix><pid>-...: whether that pid no longer exists."""
-    pid = name[len(prefix):].split("-", 1)[0]
+    pid = name[len(prefix) :].split("-", 1)[0]
     return pid.isdigit() and not os.path.exists(f"/proc/{pid}")
 
 
@@ -171,8 +190,13 @@ def _bwrap_argv(python: str, staging: Staging, settings: Settings) -> list:
         bwrap_path(),
         "--die-with-parent",  # the sandbox dies with the pool process
         "--new-session",  # no controlling terminal to inject keystrokes into
-        "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-        "--hostname", "sandbox",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "sandbox",
     ]
     if running_as_root():
         # No user namespace (it would map the sandbox onto host root); the worker drops to
@@ -202,12 +226,27 @@ def _bwrap_argv(python: str, staging: Staging, settings: Settings) -> list:
             argv += ["--perms", "0755", "--dir", parent]
         argv += ["--ro-bind", prefix, prefix]
     argv += [
-        "--proc", "/proc",
-        "--dev", "/dev",
-        "--size", str(settings.tmpfs_mb << 20), "--perms", "1777", "--tmpfs", "/tmp",
-        "--size", str(settings.shm_mb << 20), "--perms", "1777", "--tmpfs", "/dev/shm",
-        "--ro-bind", staging.code_dir, CODE_DIR_IN_SANDBOX,
-        "--chdir", "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(settings.tmpfs_mb << 20),
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+        "--size",
+        str(settings.shm_mb << 20),
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/dev/shm",
+        "--ro-bind",
+        staging.code_dir,
+        CODE_DIR_IN_SANDBOX,
+        "--chdir",
+        "/",
     ]
     return argv
 

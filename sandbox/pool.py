@@ -22,7 +22,14 @@ import weakref
 
 from . import cgroup, protocol
 from .launch import (
-    STAGING_PREFIX, TIERS, WORKER_ENV, Settings, Staging, bwrap_path, owner_is_dead, remove_stale_staging,
+    STAGING_PREFIX,
+    TIERS,
+    WORKER_ENV,
+    Settings,
+    Staging,
+    bwrap_path,
+    owner_is_dead,
+    remove_stale_staging,
     worker_launch,
 )
 from .result import ERROR, OK, OUTPUT_LIMIT, SANDBOX_ERROR, SIGNAL, TIMEOUT, Result, SandboxUnavailable
@@ -114,8 +121,14 @@ class _Worker:
         with open(self.log_path, "ab") as log_file:
             try:
                 self.proc = _spawn(
-                    launch.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
-                    env=dict(WORKER_ENV), close_fds=True, bufsize=0, **launch.popen_kwargs,
+                    launch.argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log_file,
+                    env=dict(WORKER_ENV),
+                    close_fds=True,
+                    bufsize=0,
+                    **launch.popen_kwargs,
                 )
             except OSError as exc:
                 raise WorkerStartError(f"cannot start worker: {exc}") from None
@@ -316,8 +329,9 @@ class SandboxPool:
         else:
             log.warning("sandbox tier: rlimits -- snippets are NOT isolated (%s)", detail)
 
-    def run(self, code: str, timeout_s: float = None, memory_mb: int = None,
-            max_output_bytes: int = None, stdin: str = "") -> Result:
+    def run(
+        self, code: str, timeout_s: float = None, memory_mb: int = None, max_output_bytes: int = None, stdin: str = ""
+    ) -> Result:
         """Run one snippet in an idle worker (waiting for one if all are busy)."""
         if self._closed:
             raise RuntimeError("SandboxPool is closed")
@@ -368,13 +382,19 @@ class SandboxPool:
         else:
             reason = OK if exit_code == 0 else ERROR
         return Result(
-            stdout=reply["stdout"], stderr=reply["stderr"], exit_code=exit_code,
-            timed_out=bool(reply["timed_out"]), reason=reason, duration_s=duration_s,
-            tier=self.tier, truncated=bool(reply["truncated"]),
+            stdout=reply["stdout"],
+            stderr=reply["stderr"],
+            exit_code=exit_code,
+            timed_out=bool(reply["timed_out"]),
+            reason=reason,
+            duration_s=duration_s,
+            tier=self.tier,
+            truncated=bool(reply["truncated"]),
         )
 
-    def run_batch(self, codes, timeout_s: float = None, memory_mb: int = None,
-                  max_output_bytes: int = None, stdin="") -> list:
+    def run_batch(
+        self, codes, timeout_s: float = None, memory_mb: int = None, max_output_bytes: int = None, stdin=""
+    ) -> list:
         """Run many snippets concurrently across the workers; results in input order.
 
         stdin is one string for all snippets or a list with one per snippet.
@@ -383,9 +403,11 @@ class SandboxPool:
         stdins = list(stdin) if isinstance(stdin, (list, tuple)) else [stdin] * len(codes)
         if len(stdins) != len(codes):
             raise ValueError("stdin list must have one entry per snippet")
-        return list(self._batch_executor.map(
-            lambda pair: self.run(pair[0], timeout_s, memory_mb, max_output_bytes, pair[1]), zip(codes, stdins)
-        ))
+        return list(
+            self._batch_executor.map(
+                lambda pair: self.run(pair[0], timeout_s, memory_mb, max_output_bytes, pair[1]), zip(codes, stdins)
+            )
+        )
 
     def worker_pids(self) -> list:
         """Host pids of the worker processes (bwrap or interpreter), for monitoring."""
@@ -437,11 +459,13 @@ def default_pool() -> SandboxPool:
         return _default_pool
 
 
-def run(code: str, timeout_s: float = 5, memory_mb: int = 256,
-        max_output_bytes: int = 16384, stdin: str = "") -> Result:
+def run(
+    code: str, timeout_s: float = 5, memory_mb: int = 256, max_output_bytes: int = 16384, stdin: str = ""
+) -> Result:
     """Run one Python snippet in the default sandbox pool."""
-    return default_pool().run(code, timeout_s=timeout_s, memory_mb=memory_mb,
-                              max_output_bytes=max_output_bytes, stdin=stdin)
+    return default_pool().run(
+        code, timeout_s=timeout_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes, stdin=stdin
+    )
 
 
 def detect_tier(allow_insecure: bool = False) -> str:

@@ -326,7 +326,7 @@ def run_snippet(request: dict, hardening: Hardening, code_dir: str) -> dict:
                 exited = True
             elif fd == stdin_w:
                 try:
-                    pending_stdin = pending_stdin[os.write(stdin_w, pending_stdin[:_READ_CHUNK]):]
+                    pending_stdin = pending_stdin[os.write(stdin_w, pending_stdin[:_READ_CHUNK]) :]
                 except BlockingIOError:
                     pass
                 except OSError:  # the snippet closed its stdin
@@ -417,14 +417,17 @@ def main(config_json: str) -> None:
             pass
     hardening = Hardening(config)
     code_dir = config["code_dir"]
-    protocol.send(1, {
-        "ready": True,
-        "uid": os.getuid(),
-        "pid": os.getpid(),
-        "landlock_abi": hardening.landlock_abi,
-        "seccomp": hardening.seccomp,
-        "python": sys.version.split()[0],
-    })
+    protocol.send(
+        1,
+        {
+            "ready": True,
+            "uid": os.getuid(),
+            "pid": os.getpid(),
+            "landlock_abi": hardening.landlock_abi,
+            "seccomp": hardening.seccomp,
+            "python": sys.version.split()[0],
+        },
+    )
     while True:
         try:
             request = protocol.receive(0)

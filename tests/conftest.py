@@ -16,15 +16,31 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Small enough for CI, large enough for the loss to fall visibly.
-PRETRAIN_ARGS = ["--config", "recipes/configs/pretrain_tiny.yaml", "--data.synthetic_docs", "3000",
-                 "--data.seq_len", "128", "--train.steps", "30", "--train.batch_size", "16",
-                 "--train.checkpoint_every", "10", "--tokenizer.train_docs", "3000", "--logging.wandb_mode", "disabled"]
+PRETRAIN_ARGS = [
+    "--config",
+    "recipes/configs/pretrain_tiny.yaml",
+    "--data.synthetic_docs",
+    "3000",
+    "--data.seq_len",
+    "128",
+    "--train.steps",
+    "30",
+    "--train.batch_size",
+    "16",
+    "--train.checkpoint_every",
+    "10",
+    "--tokenizer.train_docs",
+    "3000",
+    "--logging.wandb_mode",
+    "disabled",
+]
 
 
 def run_recipe(script: str, args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     """Run a recipe as a user would; fail the test with its output if it fails."""
-    proc = subprocess.run([sys.executable, f"recipes/{script}", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, f"recipes/{script}", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         pytest.fail(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -44,11 +60,37 @@ def pretrained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sft_run(pretrained, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("sft")
-    run_recipe("sft.py", ["--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(pretrained / "model"),
-                          "--run_dir", str(run_dir), "--data.tasks", "{arithmetic: 64, spelling_bee: 32}",
-                          "--train.steps", "20", "--train.batch_size", "16", "--train.checkpoint_every", "10",
-                          "--checkpoint_eval.problems_per_task", "8", "--final_eval.problems_per_task", "16",
-                          "--sampled_eval.problems_per_task", "16", "--sampled_eval.samples", "2", "--sampled_eval_tasks", "[arithmetic]", "--logging.wandb_mode", "disabled"])
+    run_recipe(
+        "sft.py",
+        [
+            "--config",
+            "recipes/configs/sft_tiny.yaml",
+            "--model_path",
+            str(pretrained / "model"),
+            "--run_dir",
+            str(run_dir),
+            "--data.tasks",
+            "{arithmetic: 64, spelling_bee: 32}",
+            "--train.steps",
+            "20",
+            "--train.batch_size",
+            "16",
+            "--train.checkpoint_every",
+            "10",
+            "--checkpoint_eval.problems_per_task",
+            "8",
+            "--final_eval.problems_per_task",
+            "16",
+            "--sampled_eval.problems_per_task",
+            "16",
+            "--sampled_eval.samples",
+            "2",
+            "--sampled_eval_tasks",
+            "[arithmetic]",
+            "--logging.wandb_mode",
+            "disabled",
+        ],
+    )
     return run_dir
 
 
@@ -61,8 +103,13 @@ def ray_cluster():
     from rlpost.cache import cache_env
 
     temp_dir = tempfile.mkdtemp(prefix="rlpost-ray-", dir="/tmp")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=temp_dir,
-             runtime_env={"env_vars": cache_env()}, configure_logging=False)
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": cache_env()},
+        configure_logging=False,
+    )
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -79,14 +126,42 @@ def tool_sft_run(pretrained, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tool_sft")
     with open(run_dir / "tool_conversations.jsonl", "w") as f:
         for p in make_problems("spelling_bee", "sft", 64, with_tool=True):
-            answer = p.solution[p.solution.index(PYTHON_START):]
-            f.write(json.dumps({"messages": [{"role": "user", "content": p.prompt},
-                                             {"role": "assistant", "content": answer}]}) + "\n")
-    run_recipe("sft.py", ["--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(pretrained / "model"),
-                          "--run_dir", str(run_dir), "--data.tasks", "{spelling_bee: 0}",
-                          "--data.conversations", f"[{run_dir / 'tool_conversations.jsonl'}]",
-                          "--train.steps", "60", "--train.batch_size", "16", "--train.checkpoint_every", "60",
-                          "--checkpoint_eval.problems_per_task", "8", "--final_eval.problems_per_task", "16",
-                          "--final_eval.max_new_tokens", "48", "--sampled_eval_tasks", "[]",
-                          "--logging.wandb_mode", "disabled"])
+            answer = p.solution[p.solution.index(PYTHON_START) :]
+            f.write(
+                json.dumps(
+                    {"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": answer}]}
+                )
+                + "\n"
+            )
+    run_recipe(
+        "sft.py",
+        [
+            "--config",
+            "recipes/configs/sft_tiny.yaml",
+            "--model_path",
+            str(pretrained / "model"),
+            "--run_dir",
+            str(run_dir),
+            "--data.tasks",
+            "{spelling_bee: 0}",
+            "--data.conversations",
+            f"[{run_dir / 'tool_conversations.jsonl'}]",
+            "--train.steps",
+            "60",
+            "--train.batch_size",
+            "16",
+            "--train.checkpoint_every",
+            "60",
+            "--checkpoint_eval.problems_per_task",
+            "8",
+            "--final_eval.problems_per_task",
+            "16",
+            "--final_eval.max_new_tokens",
+            "48",
+            "--sampled_eval_tasks",
+            "[]",
+            "--logging.wandb_mode",
+            "disabled",
+        ],
+    )
     return run_dir

@@ -15,8 +15,10 @@ def _cfg(*overrides):
 
 def _groups():
     # Two prompts × two samples; the second sample of group 0 hit the length limit.
-    return [[Sample([5, 6], [-0.1, -0.2], "stop"), Sample([5, 6, 7, 8], [-0.1] * 4, "length")],
-            [Sample([9], [-0.3], "stop"), Sample([9, 9], [-0.3, -0.4], "stop")]]
+    return [
+        [Sample([5, 6], [-0.1, -0.2], "stop"), Sample([5, 6, 7, 8], [-0.1] * 4, "length")],
+        [Sample([9], [-0.3], "stop"), Sample([9, 9], [-0.3, -0.4], "stop")],
+    ]
 
 
 def test_group_advantages_and_zero_variance_drop():
@@ -30,14 +32,16 @@ def test_group_advantages_and_zero_variance_drop():
 
 
 def test_keep_zero_variance_groups_when_disabled():
-    trajs, _ = build_trajectories([[1, 2], [3]], _groups(), [1.0, 0.0, 0.5, 0.5],
-                                  _cfg("--algo.drop_zero_variance_groups", "false"))
+    trajs, _ = build_trajectories(
+        [[1, 2], [3]], _groups(), [1.0, 0.0, 0.5, 0.5], _cfg("--algo.drop_zero_variance_groups", "false")
+    )
     assert [t.advantage for t in trajs][2:] == [0.0, 0.0]
 
 
 def test_overlong_mask_and_missing_rewards():
-    trajs, stats = build_trajectories([[1, 2], [3]], _groups(), [1.0, 0.0, math.nan, 0.5],
-                                      _cfg("--algo.overlong", "mask"))
+    trajs, stats = build_trajectories(
+        [[1, 2], [3]], _groups(), [1.0, 0.0, math.nan, 0.5], _cfg("--algo.overlong", "mask")
+    )
     # The truncated sample is masked out; the unrewarded sample is excluded; group 1 has one
     # valid reward left, so it carries no signal and is dropped too.
     assert len(trajs) == 1 and trajs[0].completion_ids == [5, 6]
@@ -68,8 +72,16 @@ def test_packed_batch_cut_at_its_last_completion_token_keeps_every_logprob():
     from rlpost.trainer import token_logprobs
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).eval()
     short = Trajectory([1, 2, 3], [4, 5], [-0.1, -0.2], [1, 1], 1.0)
     long = Trajectory([1, 2], [6, 7, 8, 9, 10, 11], [-0.1] * 6, [1] * 6, -1.0)
     batch = pack([short, long], pad_id=0)
@@ -77,7 +89,7 @@ def test_packed_batch_cut_at_its_last_completion_token_keeps_every_logprob():
     with torch.no_grad():
         full = token_logprobs(model(batch["input_ids"]).logits, batch["input_ids"])
         width = int(batch["last"][0]) + 1
-        cut = token_logprobs(model(batch["input_ids"][:1, :width + 1]).logits, batch["input_ids"][:1, :width + 1])
+        cut = token_logprobs(model(batch["input_ids"][:1, : width + 1]).logits, batch["input_ids"][:1, : width + 1])
     assert batch["mask"][0, width:].sum() == 0
     torch.testing.assert_close(cut[0], full[0, :width])
     # The no-grad passes (old policy, reference) cut the same way, whatever the micro-batch size.

@@ -5,24 +5,54 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import metrics
 
 pytestmark = pytest.mark.slow
 
 # Two tiny steps; the length reward gives every group some spread, so updates are never empty.
-TINY = ["--steps", "2", "--eval_every", "2", "--checkpoint_every", "1", "--eval.problems_per_task", "8",
-        "--rollout.prompts_per_step", "4", "--rollout.n", "4", "--rollout.max_new_tokens", "32",
-        "--rewards.functions", "[{name: math}, {name: length, weight: 0.5}]",
-        "--vllm.kv_cache_gib", "0.25", "--logging.wandb_mode", "disabled", "--optim.lr", "1e-3"]
+TINY = [
+    "--steps",
+    "2",
+    "--eval_every",
+    "2",
+    "--checkpoint_every",
+    "1",
+    "--eval.problems_per_task",
+    "8",
+    "--rollout.prompts_per_step",
+    "4",
+    "--rollout.n",
+    "4",
+    "--rollout.max_new_tokens",
+    "32",
+    "--rewards.functions",
+    "[{name: math}, {name: length, weight: 0.5}]",
+    "--vllm.kv_cache_gib",
+    "0.25",
+    "--logging.wandb_mode",
+    "disabled",
+    "--optim.lr",
+    "1e-3",
+]
 
 
 def _config(model_path, run_dir, extra=()):
     from rlpost.config import load_config
     from rlpost.driver import RLConfig
 
-    return load_config(RLConfig, ["--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(model_path),
-                                  "--run_dir", str(run_dir), *TINY, *extra])
+    return load_config(
+        RLConfig,
+        [
+            "--config",
+            "recipes/configs/grpo_tiny.yaml",
+            "--model_path",
+            str(model_path),
+            "--run_dir",
+            str(run_dir),
+            *TINY,
+            *extra,
+        ],
+    )
 
 
 def _weights(path):
@@ -56,9 +86,23 @@ def test_two_steps_finite_metrics_and_changed_weights(grpo_run, sft_run):
     steps = [m for m in metrics(run_dir) if m["step"] in (1, 2) and "loss" in m]
     assert len(steps) == 2
     for m in steps:
-        for key in ("reward/mean", "reward/std", "accuracy", "groups_dropped_frac", "response_len/mean",
-                    "truncated_frac", "entropy", "clip_frac", "logprob_gap", "grad_norm",
-                    "time/rollout", "time/reward", "time/train", "time/sync", "time/reference"):
+        for key in (
+            "reward/mean",
+            "reward/std",
+            "accuracy",
+            "groups_dropped_frac",
+            "response_len/mean",
+            "truncated_frac",
+            "entropy",
+            "clip_frac",
+            "logprob_gap",
+            "grad_norm",
+            "time/rollout",
+            "time/reward",
+            "time/train",
+            "time/sync",
+            "time/reference",
+        ):
             assert key in m and m[key] is not None and math.isfinite(m[key]), key
         assert m["samples_kept"] > 0
         # The learner recomputes the logprobs vLLM sampled with; bf16 on both sides keeps them close.
@@ -81,15 +125,29 @@ def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster
     from rlpost.weight_sync import free_port
 
     loss = PolicyLossConfig(kl_coef=0.1, ppo_epochs=2, mini_batches=2, micro_batch_size=3)
-    learner = ray.remote(Learner).options(num_cpus=1, runtime_env={"env_vars": cache_env()}).remote(
-        str(sft_run / "model"), OptimConfig(lr=1e-3), EngineConfig(bf16=False), loss, rank=0,
-        master_addr="127.0.0.1", master_port=free_port(), total_steps=2)
+    learner = (
+        ray.remote(Learner)
+        .options(num_cpus=1, runtime_env={"env_vars": cache_env()})
+        .remote(
+            str(sft_run / "model"),
+            OptimConfig(lr=1e-3),
+            EngineConfig(bf16=False),
+            loss,
+            rank=0,
+            master_addr="127.0.0.1",
+            master_port=free_port(),
+            total_steps=2,
+        )
+    )
     rng = random.Random(0)
     trajectories = []
     for i in range(8):
         completion = [rng.randrange(20, 500) for _ in range(rng.randint(4, 20))]
-        trajectories.append(Trajectory([1, 5 + i, 7], completion, [-3.0] * len(completion), [1] * len(completion),
-                                       rng.choice([-1.0, 1.0])))
+        trajectories.append(
+            Trajectory(
+                [1, 5 + i, 7], completion, [-3.0] * len(completion), [1] * len(completion), rng.choice([-1.0, 1.0])
+            )
+        )
     try:
         first = ray.get(learner.train.remote(trajectories))
         second = ray.get(learner.train.remote(trajectories))
@@ -118,21 +176,36 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
     from rlpost.tasks import make_problems
     from rlpost.tokenizer import load_tokenizer, stop_token_ids
 
-    cfg = _config(sft_run / "model", tmp_path, ["--sync.backend", backend, "--vllm.dtype", "float32",
-                                                 "--engine.bf16", "false", "--rewards.num_workers", "1"])
+    cfg = _config(
+        sft_run / "model",
+        tmp_path,
+        ["--sync.backend", backend, "--vllm.dtype", "float32", "--engine.bf16", "false", "--rewards.num_workers", "1"],
+    )
     tokenizer = load_tokenizer(cfg.model_path)
     prompts = [prompt_ids(tokenizer, p.prompt) for p in make_problems("arithmetic", "eval", 4)]
     actors = Actors(cfg, total_steps=2)
     try:
+
         def greedy():
-            out = ray.get(actors.rollouts[0].generate.remote(prompts, n=1, max_new_tokens=24, temperature=0.0,
-                                                              stop_token_ids=stop_token_ids(tokenizer)))
+            out = ray.get(
+                actors.rollouts[0].generate.remote(
+                    prompts, n=1, max_new_tokens=24, temperature=0.0, stop_token_ids=stop_token_ids(tokenizer)
+                )
+            )
             return [g[0].token_ids for g in out]
 
         before = greedy()
         rng = random.Random(0)
-        trajectories = [Trajectory(prompts[i % 4], [rng.randrange(20, 500) for _ in range(24)], [-5.0] * 24, [1] * 24,
-                                   rng.choice([-1.0, 1.0])) for i in range(16)]
+        trajectories = [
+            Trajectory(
+                prompts[i % 4],
+                [rng.randrange(20, 500) for _ in range(24)],
+                [-5.0] * 24,
+                [1] * 24,
+                rng.choice([-1.0, 1.0]),
+            )
+            for i in range(16)
+        ]
         ray.get([lr.train.remote(trajectories) for lr in actors.learners])
         sync_s = actors.sync_weights()
         after = greedy()
@@ -145,9 +218,14 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
     expected = []
     for ids in prompts:
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
-                                 eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        expected.append(out[0, len(ids):].tolist())
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=24,
+                do_sample=False,
+                eos_token_id=stop_token_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        expected.append(out[0, len(ids) :].tolist())
     assert after == expected
     assert after != before
     assert sync_s < 30

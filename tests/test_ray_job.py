@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, metrics
 
 pytestmark = pytest.mark.slow
@@ -47,13 +46,29 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-         f"--ray-client-server-port={client}", "--disable-usage-stats",
-         # Private agent ports: another Ray on this machine (e.g. a test's ray.init) holds the defaults.
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics_port}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=2",
+            f"--temp-dir={temp_dir}",
+            f"--ray-client-server-port={client}",
+            "--disable-usage-stats",
+            # Private agent ports: another Ray on this machine (e.g. a test's ray.init) holds the defaults.
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={runtime_env_agent}",
+            f"--metrics-export-port={metrics_port}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while True:
@@ -76,12 +91,39 @@ def test_grpo_via_ray_job_submit(ray_head, sft_run, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "grpo_job"
     command = [
-        str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-         "--", sys.executable, "recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml",
-         "--model_path", str(sft_run / "model"), "--run_dir", str(run_dir), "--steps", "1", "--eval_every", "0",
-         "--rollout.prompts_per_step", "4", "--rollout.n", "4", "--rollout.max_new_tokens", "32",
-         "--rewards.functions", "[{name: math}, {name: length, weight: 0.5}]",
-         "--vllm.kv_cache_gib", "0.25", "--logging.wandb_mode", "disabled"]
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ".",
+        "--",
+        sys.executable,
+        "recipes/grpo.py",
+        "--config",
+        "recipes/configs/grpo_tiny.yaml",
+        "--model_path",
+        str(sft_run / "model"),
+        "--run_dir",
+        str(run_dir),
+        "--steps",
+        "1",
+        "--eval_every",
+        "0",
+        "--rollout.prompts_per_step",
+        "4",
+        "--rollout.n",
+        "4",
+        "--rollout.max_new_tokens",
+        "32",
+        "--rewards.functions",
+        "[{name: math}, {name: length, weight: 0.5}]",
+        "--vllm.kv_cache_gib",
+        "0.25",
+        "--logging.wandb_mode",
+        "disabled",
+    ]
     for _attempt in range(30):
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         # The dashboard answers HTTP a few seconds before its job agent accepts submissions.

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import PRETRAIN_ARGS, ROOT, metrics, run_recipe
 
 pytestmark = pytest.mark.slow
@@ -33,8 +32,9 @@ def test_pretrain_resumes_after_interruption(pretrained, tmp_path):
     """Kill a run after its first checkpoint, resume it, and land on the uninterrupted losses."""
     run_dir = tmp_path / "run"
     args = [*PRETRAIN_ARGS, "--run_dir", str(run_dir)]
-    proc = subprocess.Popen([sys.executable, "recipes/pretrain.py", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "recipes/pretrain.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     while not (run_dir / "checkpoints" / "step_10").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
@@ -80,16 +80,24 @@ def test_vllm_greedy_equals_transformers_on_trained_checkpoint(sft_run, ray_clus
     prompts = [prompt_ids(tokenizer, p.prompt) for p in make_problems("arithmetic", "eval", 6)]
     worker = start_rollout_workers(str(model_dir), VLLMConfig(dtype="float32", kv_cache_gib=0.25))[0]
     try:
-        outs = ray.get(worker.generate.remote(prompts, n=1, max_new_tokens=48, temperature=0.0,
-                                              stop_token_ids=stop_token_ids(tokenizer)))
+        outs = ray.get(
+            worker.generate.remote(
+                prompts, n=1, max_new_tokens=48, temperature=0.0, stop_token_ids=stop_token_ids(tokenizer)
+            )
+        )
     finally:
         ray.kill(worker)
     model = load_model(model_dir, "float32").eval()
     for ids, group in zip(prompts, outs):
         with torch.no_grad():
-            ref = model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False,
-                                 eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        assert group[0].token_ids == ref[0, len(ids):].tolist()
+            ref = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=48,
+                do_sample=False,
+                eos_token_id=stop_token_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        assert group[0].token_ids == ref[0, len(ids) :].tolist()
 
 
 def test_rollout_worker_with_a_fractional_cpu_share_uses_every_core(sft_run, ray_cluster):

@@ -25,7 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # A user's reward file, written outside the project and loaded by "path.py:function".
 USER_REWARDS = textwrap.dedent(
-    '''
+    """
     import asyncio
     import math
     import os
@@ -107,7 +107,7 @@ USER_REWARDS = textwrap.dedent(
 
     def one_argument(prompts):
         return []
-    '''
+    """
 )
 
 
@@ -126,8 +126,7 @@ def make_computer(user_file):
 
     def make(*functions, default_reward=None, max_consecutive_failed_steps=3, timeout_s=10.0, **spec_fields):
         specs = [
-            RewardSpec(name=f"{user_file}:{function}", timeout_s=timeout_s, **spec_fields)
-            for function in functions
+            RewardSpec(name=f"{user_file}:{function}", timeout_s=timeout_s, **spec_fields) for function in functions
         ]
         computer = RewardComputer(specs, default_reward, max_consecutive_failed_steps)
         computers.append(computer)
@@ -367,9 +366,7 @@ def local_ray():
 def test_reward_worker_actor_scores(local_ray, user_file):
     from rlpost.rewarding import RewardWorkerActor
 
-    worker = RewardWorkerActor.options(num_cpus=0).remote(
-        [RewardSpec(f"{user_file}:length"), RewardSpec("math")]
-    )
+    worker = RewardWorkerActor.options(num_cpus=0).remote([RewardSpec(f"{user_file}:length"), RewardSpec("math")])
     result = local_ray.get(worker.score.remote(["q"], ["The answer is 4"], {"answer": ["4"]}), timeout=120)
     assert isinstance(result, RewardResult)
     assert result.per_fn == {"length": [15.0], "math": [1.0]}
@@ -394,9 +391,7 @@ def test_reward_worker_killed_mid_batch_is_restarted_and_the_batch_retried(local
 def test_reward_worker_reports_a_broken_function(local_ray, user_file):
     from rlpost.rewarding import RewardWorkerActor
 
-    worker = RewardWorkerActor.options(num_cpus=0).remote(
-        [RewardSpec(f"{user_file}:always_fails")], None, 1
-    )
+    worker = RewardWorkerActor.options(num_cpus=0).remote([RewardSpec(f"{user_file}:always_fails")], None, 1)
     with pytest.raises(RewardFunctionBroken, match="always_fails"):
         local_ray.get(worker.score.remote(["q"], ["a"]), timeout=120)
     local_ray.kill(worker)

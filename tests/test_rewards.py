@@ -140,8 +140,7 @@ def test_math_on_every_gsm8k_test_problem():
     prompts = [problem["question"] for problem in problems]
     right = [f"Let me work it out step by step. The answer is {number}." for number in numbers]
     wrong = [
-        f"Let me work it out step by step. The answer is {int(number.replace(',', '')) + 1}."
-        for number in numbers
+        f"Let me work it out step by step. The answer is {int(number.replace(',', '')) + 1}." for number in numbers
     ]
 
     started = time.perf_counter()

@@ -9,8 +9,6 @@ patch torch and create a torch.distributed world here, under other tests' feet).
 """
 
 import os
-import shutil
-import tempfile
 
 import pytest
 import torch
@@ -49,19 +47,28 @@ def build_tiny_model(out_dir: str, tie: bool, seed: int = 0) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<bos>", "<eos>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=512,
+        special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>",
-                                     eos_token="<eos>", pad_token="<pad>")
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
     hf_tok.save_pretrained(out_dir)
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(hf_tok), hidden_size=256, intermediate_size=672, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        tie_word_embeddings=tie, bos_token_id=0, eos_token_id=EOS_ID, pad_token_id=2,
+        vocab_size=len(hf_tok),
+        hidden_size=256,
+        intermediate_size=672,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+        bos_token_id=0,
+        eos_token_id=EOS_ID,
+        pad_token_id=2,
         # Wider init than the default 0.02 so the random model's next-token distributions are
         # peaked: near-ties would make greedy comparisons hinge on the last float bit.
         initializer_range=0.1,
@@ -80,13 +87,12 @@ def load_hf(path: str):
 def hf_greedy(model, prompts=PROMPTS, max_new_tokens=NEW_TOKENS):
     from transformers import GenerationConfig
 
-    cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
-                           eos_token_id=EOS_ID, pad_token_id=2)
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=EOS_ID, pad_token_id=2)
     outs = []
     for p in prompts:
         ids = torch.tensor([p])
         out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
-        outs.append(out[0, len(p):].tolist())
+        outs.append(out[0, len(p) :].tolist())
     return outs
 
 
@@ -94,13 +100,12 @@ def hf_greedy(model, prompts=PROMPTS, max_new_tokens=NEW_TOKENS):
 def hf_token_logprobs(model, prompt, generated, temperature=1.0):
     """log p(generated[i] | prompt + generated[:i]) under the HF model."""
     ids = torch.tensor([prompt + generated])
-    logits = model(ids).logits[0, len(prompt) - 1: -1].float() / temperature
+    logits = model(ids).logits[0, len(prompt) - 1 : -1].float() / temperature
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(generated)[:, None])[:, 0]
 
 
 def vllm_greedy(worker, prompts=PROMPTS, max_new_tokens=NEW_TOKENS):
-    out = ray.get(worker.generate.remote(prompts, n=1, max_new_tokens=max_new_tokens,
-                                         temperature=0.0))
+    out = ray.get(worker.generate.remote(prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0))
     return [group[0].token_ids for group in out]
 
 
@@ -137,9 +142,9 @@ def model_dirs(tmp_path_factory):
 def start_worker(model_path: str):
     cache = os.environ.get("RLPOST_CACHE", os.path.expanduser("~/.cache/rlpost"))
     actor = RolloutWorkerActor.options(
-        num_cpus=1, runtime_env={"env_vars": rollout_env(cache, kv_cache_gib=0.25)},
-    ).remote(model_path, dtype="float32", enforce_eager=True, max_model_len=256,
-             kv_cache_gib=0.25)
+        num_cpus=1,
+        runtime_env={"env_vars": rollout_env(cache, kv_cache_gib=0.25)},
+    ).remote(model_path, dtype="float32", enforce_eager=True, max_model_len=256, kv_cache_gib=0.25)
     ray.get(actor.ready.remote())
     return actor
 
@@ -165,8 +170,9 @@ def test_stop_token_ends_sample_and_is_kept(tied):
     full = hf_greedy(policy, PROMPTS[:1])[0]
     stop = full[5]
     cut = full[: full.index(stop) + 1]
-    out = ray.get(worker.generate.remote(PROMPTS[:1], n=1, max_new_tokens=NEW_TOKENS,
-                                         temperature=0.0, stop_token_ids=[stop]))
+    out = ray.get(
+        worker.generate.remote(PROMPTS[:1], n=1, max_new_tokens=NEW_TOKENS, temperature=0.0, stop_token_ids=[stop])
+    )
     sample = out[0][0]
     assert sample.token_ids == cut
     assert sample.finish_reason == "stop"
@@ -176,8 +182,7 @@ def test_stop_token_ends_sample_and_is_kept(tied):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampled_logprobs_match_transformers(tied, temperature):
     worker, policy = tied
-    out = ray.get(worker.generate.remote(PROMPTS, n=4, max_new_tokens=16,
-                                         temperature=temperature, seed=7))
+    out = ray.get(worker.generate.remote(PROMPTS, n=4, max_new_tokens=16, temperature=temperature, seed=7))
     assert len(out) == len(PROMPTS) and all(len(group) == 4 for group in out)
     distinct = 0
     for prompt, group in zip(PROMPTS, out):
@@ -190,8 +195,7 @@ def test_sampled_logprobs_match_transformers(tied, temperature):
             torch.testing.assert_close(torch.tensor(s.logprobs), ref, atol=1e-3, rtol=0)
     assert distinct >= len(PROMPTS) - 1, "samples of one prompt should differ at temperature > 0"
     # Same seed, same samples.
-    again = ray.get(worker.generate.remote(PROMPTS, n=4, max_new_tokens=16,
-                                           temperature=temperature, seed=7))
+    again = ray.get(worker.generate.remote(PROMPTS, n=4, max_new_tokens=16, temperature=temperature, seed=7))
     assert [[s.token_ids for s in g] for g in again] == [[s.token_ids for s in g] for g in out]
 
 

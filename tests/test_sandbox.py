@@ -265,8 +265,12 @@ def test_syscall_numbers_match_kernel_headers():
         pytest.skip(f"{header} not installed")
     with open(header) as f:
         known = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define __NR_(\w+)\s+(\d+)", f.read())}
-    tables = {**seccomp_filter.DENIED_SYSCALLS, **seccomp_filter.SIGNAL_SYSCALLS,
-              "clone": seccomp_filter.CLONE, "clone3": seccomp_filter.CLONE3}
+    tables = {
+        **seccomp_filter.DENIED_SYSCALLS,
+        **seccomp_filter.SIGNAL_SYSCALLS,
+        "clone": seccomp_filter.CLONE,
+        "clone3": seccomp_filter.CLONE3,
+    }
     checked = 0
     for name, numbers in tables.items():
         if numbers[column] is not None and name in known:
@@ -333,8 +337,15 @@ def test_attack_read_secrets(pool, contained):
     with open(shm_file, "w") as f:
         f.write("TOP-SECRET")
     os.chmod(shm_file, 0o644)
-    targets = ["/etc/shadow", "/root/.bashrc", "/root/.profile", "/root/.ssh/id_rsa", host_file, shm_file,
-               "/proc/1/environ"]
+    targets = [
+        "/etc/shadow",
+        "/root/.bashrc",
+        "/root/.profile",
+        "/root/.ssh/id_rsa",
+        host_file,
+        shm_file,
+        "/proc/1/environ",
+    ]
     code = (
         "import os\n"
         "for path in %r:\n"

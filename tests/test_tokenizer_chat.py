@@ -3,8 +3,18 @@
 import pytest
 
 from rlpost.chat import prompt_ids, read_conversations, render_conversation
-from rlpost.tokenizer import (ASSISTANT_END, ASSISTANT_START, OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START,
-                              SPECIAL_TOKENS, load_tokenizer, stop_token_ids, train_tokenizer)
+from rlpost.tokenizer import (
+    ASSISTANT_END,
+    ASSISTANT_START,
+    OUTPUT_END,
+    OUTPUT_START,
+    PYTHON_END,
+    PYTHON_START,
+    SPECIAL_TOKENS,
+    load_tokenizer,
+    stop_token_ids,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +26,16 @@ def tokenizer(tmp_path_factory):
     return load_tokenizer(out)
 
 
-@pytest.mark.parametrize("text", ["Emily buys 3 apples and 2 oranges. The total cost is $13.",
-                                  "strawberry: s,t,r,a,w,b,e,r,r,y", "Is 9.11 bigger than 9.9?",
-                                  "ünïcödé ✓ 日本語 tabs\tand\nnewlines", "  leading spaces"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Emily buys 3 apples and 2 oranges. The total cost is $13.",
+        "strawberry: s,t,r,a,w,b,e,r,r,y",
+        "Is 9.11 bigger than 9.9?",
+        "ünïcödé ✓ 日本語 tabs\tand\nnewlines",
+        "  leading spaces",
+    ],
+)
 def test_round_trip(tokenizer, text):
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
 
@@ -34,10 +51,17 @@ def test_digits_are_split(tokenizer):
 
 
 def test_chat_template_matches_render(tokenizer):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How many r in strawberry?"},
-                {"role": "assistant", "content": f"Check: {PYTHON_START}'strawberry'.count('r'){PYTHON_END}"
-                                                 f"{OUTPUT_START}3{OUTPUT_END} The answer is 3."},
-                {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You're welcome."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "How many r in strawberry?"},
+        {
+            "role": "assistant",
+            "content": f"Check: {PYTHON_START}'strawberry'.count('r'){PYTHON_END}"
+            f"{OUTPUT_START}3{OUTPUT_END} The answer is 3.",
+        },
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "You're welcome."},
+    ]
     ids, mask = render_conversation(tokenizer, messages)
     template = tokenizer.apply_chat_template(messages, tokenize=True)
     template = list(template["input_ids"] if not isinstance(template, list) else template)
@@ -46,8 +70,10 @@ def test_chat_template_matches_render(tokenizer):
 
 
 def test_loss_mask_covers_exactly_assistant_tokens(tokenizer):
-    messages = [{"role": "user", "content": "Spell cat."},
-                {"role": "assistant", "content": f"c,a,t {PYTHON_START}x{PYTHON_END}{OUTPUT_START}out put{OUTPUT_END} done"}]
+    messages = [
+        {"role": "user", "content": "Spell cat."},
+        {"role": "assistant", "content": f"c,a,t {PYTHON_START}x{PYTHON_END}{OUTPUT_START}out put{OUTPUT_END} done"},
+    ]
     ids, mask = render_conversation(tokenizer, messages)
     trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
     untrained = tokenizer.decode([i for i, m in zip(ids, mask) if not m])

@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-
 from conftest import metrics
+
 from rlpost.rollout import _tool_code
 from rlpost.tools import PythonTool, ToolConfig, output_text, repl_program
 
@@ -26,8 +26,18 @@ def test_repl_program_prints_a_trailing_expression():
 
 
 def test_tool_outputs_as_the_model_sees_them(tool):
-    outputs = tool.run(["'strawberry'.count('r')", "x = 'ab'\nx.upper()", "print('hi')", "1 / 0",
-                        "while True: pass", "def f(:", "print('y' * 100)", "None"])
+    outputs = tool.run(
+        [
+            "'strawberry'.count('r')",
+            "x = 'ab'\nx.upper()",
+            "print('hi')",
+            "1 / 0",
+            "while True: pass",
+            "def f(:",
+            "print('y' * 100)",
+            "None",
+        ]
+    )
     assert outputs[:4] == ["3", "'AB'", "hi", "ZeroDivisionError: division by zero"]
     assert outputs[4] == "TimeoutError"
     assert outputs[5].startswith("SyntaxError")
@@ -48,7 +58,9 @@ def tool_worker(tool_sft_run, ray_cluster):
 
     from rlpost.cluster import VLLMConfig, start_rollout_workers
 
-    worker = start_rollout_workers(str(tool_sft_run / "model"), VLLMConfig(kv_cache_gib=0.25, num_cpus=0))[0]  # leaves the CPUs to the GRPO test
+    worker = start_rollout_workers(str(tool_sft_run / "model"), VLLMConfig(kv_cache_gib=0.25, num_cpus=0))[
+        0
+    ]  # leaves the CPUs to the GRPO test
     yield worker
     ray.kill(worker)
 
@@ -63,8 +75,16 @@ def test_rollout_runs_the_tool_and_masks_its_output(tool_worker, tool_sft_run):
     tok = load_tokenizer(tool_sft_run / "model")
     problems = make_problems("spelling_bee", "eval", 8)
     cfg = ToolConfig(enabled=True, max_calls=1)
-    groups = ray.get(tool_worker.generate.remote([prompt_ids(tok, p.prompt) for p in problems], n=2, max_new_tokens=48,
-                                                 temperature=1.0, stop_token_ids=stop_token_ids(tok), tools=cfg))
+    groups = ray.get(
+        tool_worker.generate.remote(
+            [prompt_ids(tok, p.prompt) for p in problems],
+            n=2,
+            max_new_tokens=48,
+            temperature=1.0,
+            stop_token_ids=stop_token_ids(tok),
+            tools=cfg,
+        )
+    )
     samples = [s for g in groups for s in g]
     called = [s for s in samples if s.tool_calls]
     assert called, "the tool-trained model never called the tool"
@@ -77,19 +97,22 @@ def test_rollout_runs_the_tool_and_masks_its_output(tool_worker, tool_sft_run):
             end = s.token_ids.index(out_end) if out_end in s.token_ids else len(s.token_ids) - 1
             # Exactly the injected span is masked out, with logprob 0; everything else was sampled.
             assert s.loss_mask == [1] * begin + [0] * (end + 1 - begin) + [1] * (len(s.token_ids) - end - 1)
-            assert all(lp == 0.0 for lp in s.logprobs[begin:end + 1])
+            assert all(lp == 0.0 for lp in s.logprobs[begin : end + 1])
             # The injected text is what the sandbox prints for the code the model wrote.
             # The code is what follows the last <|python_start|> (a sampled sample may write two).
             code = tok.decode(_tool_code(s.token_ids[:begin], code_open), skip_special_tokens=True)
             if out_end in s.token_ids:
                 # Object addresses in a printed repr (`'abc'.count` unevaluated) differ per process.
-                injected, rerun = tok.decode(s.token_ids[begin + 1:end]), tool.run([code])[0]
+                injected, rerun = tok.decode(s.token_ids[begin + 1 : end]), tool.run([code])[0]
                 assert re.sub(r"0x[0-9a-f]+", "0x", injected) == re.sub(r"0x[0-9a-f]+", "0x", rerun)
     finally:
         tool.close()
     # Without tools the same engine never pauses: no calls, no mask.
-    plain = ray.get(tool_worker.generate.remote([prompt_ids(tok, problems[0].prompt)], n=2, max_new_tokens=48,
-                                                stop_token_ids=stop_token_ids(tok)))
+    plain = ray.get(
+        tool_worker.generate.remote(
+            [prompt_ids(tok, problems[0].prompt)], n=2, max_new_tokens=48, stop_token_ids=stop_token_ids(tok)
+        )
+    )
     assert all(s.tool_calls == 0 and s.loss_mask is None for s in plain[0])
 
 
@@ -105,13 +128,41 @@ def test_grpo_with_the_tool(tool_sft_run, ray_cluster, tmp_path):
     from rlpost.config import load_config
     from rlpost.driver import RLConfig, train
 
-    cfg = load_config(RLConfig, [
-        "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(tool_sft_run / "model"),
-        "--run_dir", str(tmp_path), "--data.tasks", "[spelling_bee]", "--tools.enabled", "true",
-        "--rewards.functions", "[{name: letter_count}, {name: length, weight: 0.5}]",
-        "--steps", "2", "--eval_every", "2", "--checkpoint_every", "2", "--eval.problems_per_task", "8",
-        "--rollout.prompts_per_step", "4", "--rollout.n", "4", "--rollout.max_new_tokens", "48",
-        "--vllm.kv_cache_gib", "0.25", "--logging.wandb_mode", "disabled"])
+    cfg = load_config(
+        RLConfig,
+        [
+            "--config",
+            "recipes/configs/grpo_tiny.yaml",
+            "--model_path",
+            str(tool_sft_run / "model"),
+            "--run_dir",
+            str(tmp_path),
+            "--data.tasks",
+            "[spelling_bee]",
+            "--tools.enabled",
+            "true",
+            "--rewards.functions",
+            "[{name: letter_count}, {name: length, weight: 0.5}]",
+            "--steps",
+            "2",
+            "--eval_every",
+            "2",
+            "--checkpoint_every",
+            "2",
+            "--eval.problems_per_task",
+            "8",
+            "--rollout.prompts_per_step",
+            "4",
+            "--rollout.n",
+            "4",
+            "--rollout.max_new_tokens",
+            "48",
+            "--vllm.kv_cache_gib",
+            "0.25",
+            "--logging.wandb_mode",
+            "disabled",
+        ],
+    )
     assert train(cfg)["steps"] == 2
     steps = [m for m in metrics(tmp_path) if m["step"] in (1, 2) and "loss" in m]
     assert len(steps) == 2
