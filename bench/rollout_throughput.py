@@ -229,8 +229,7 @@ def main() -> None:
     wall0 = time.perf_counter()
     from rlpost.rollout import rollout_env
 
-    cache = os.environ.get("RLPOST_CACHE", str(Path.home() / ".cache/rlpost"))
-    for key, value in rollout_env(cache, args.kv_cache_gib).items():
+    for key, value in rollout_env(args.kv_cache_gib).items():
         os.environ.setdefault(key, value)  # inherited by the spawned contestants
     if args.threads:
         # Same thread count on both sides. On a shared 2-core box a 2-thread OpenMP team

@@ -1,7 +1,14 @@
-"""Connecting to Ray: a local cluster on a laptop, or the running cluster under `ray job submit`.
+"""Where the actors run: connecting to Ray, placing the RL actor groups, moving weights between them.
 
-Actors get the cache environment (rlpost/cache.py) through the job's runtime_env, so every
-process on every node builds into and reuses the same cache folder layout.
+    init_ray()                          attach to `ray job submit`'s cluster, or start a local one
+    actors = RLActors(cfg, ...)         learner ranks + rollout workers + reward workers, placed
+    actors.learners.call("train", b)    call a method on every actor of a group and gather
+    actors.sync_weights()               learner rank 0 → every rollout engine
+
+Every actor is made by `make_actor`: its resources, its environment (the cache folder layout of
+rlpost/cache.py, set before it imports anything) and, in RL, its bundle of the run's placement
+group. On one CPU box the bundles time-share the cores phase by phase (rollout, reward, train);
+on a cluster the same bundles spread over nodes (`placement.strategy: SPREAD`).
 """
 
 from __future__ import annotations
@@ -10,15 +17,20 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from rlpost.cache import cache_env
-from rlpost.config import doc
+from rlpost.config import ConfigError, doc
+
+RUN_LOG_VAR = "RLPOST_RUN_LOG"
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, run_log: str | Path | None = None) -> None:
     """Attach to the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a
-    private local one with this machine's cores."""
+    private local one with this machine's cores. With `run_log`, every actor's output (library
+    warnings, engine start-up notices) goes to that file instead of the console."""
     import ray
 
     if ray.is_initialized():
@@ -26,7 +38,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         # Turn SIGTERM into a normal exit so Ray's exit hooks stop the local cluster's processes.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    runtime_env = {"env_vars": cache_env()}
+    runtime_env: dict = {"env_vars": cache_env()}
+    if run_log:
+        runtime_env["env_vars"][RUN_LOG_VAR] = str(Path(run_log).resolve())
+        runtime_env["worker_process_setup_hook"] = "rlpost.cluster.send_output_to_run_log"
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env, log_to_driver=True)
     else:
@@ -37,6 +52,66 @@ def init_ray(num_cpus: int | None = None) -> None:
             log_to_driver=True,
             configure_logging=False,
         )
+
+
+def send_output_to_run_log() -> None:
+    """Ray worker set-up hook: point this process's stdout and stderr (file descriptors, so C++
+    output too) at the run's log file. Errors still reach the driver as exceptions."""
+    path = Path(os.environ[RUN_LOG_VAR])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+        os.dup2(fd, stream.fileno())
+    os.close(fd)
+
+
+def make_actor(cls, *, num_cpus: float, num_gpus: float = 0.0, env: dict | None = None, bundle=None, **options):
+    """`cls` as a Ray actor class with its resources and environment variables; `bundle` is
+    (placement group, bundle index) to pin it there. Call `.remote(...)` on the result."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if bundle is not None:
+        group, index = bundle
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=index
+        )
+    return ray.remote(cls).options(
+        num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env or cache_env()}, **options
+    )
+
+
+class ActorGroup:
+    """Actors of one role. `call` runs a method on every one of them at once and gathers the
+    results in actor order; `submit` returns the object refs instead."""
+
+    def __init__(self, actors: list):
+        self.actors = actors
+
+    def submit(self, method: str, *args, **kwargs) -> list:
+        return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+
+    def call(self, method: str, *args, **kwargs) -> list:
+        import ray
+
+        return ray.get(self.submit(method, *args, **kwargs))
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def __getitem__(self, index: int):
+        return self.actors[index]
+
+    def kill(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout workers
 
 
 @dataclass
@@ -52,38 +127,174 @@ class VLLMConfig:
 
     def actor_env(self) -> dict[str, str]:
         """Environment variables of a rollout worker actor (set before vLLM is imported)."""
-        from rlpost.cache import cache_root
         from rlpost.rollout import rollout_env
 
         # Without an explicit thread count Ray would leave an engine with a fractional CPU share
         # one OpenMP thread: a third slower rollouts on 2 cores than with both.
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.num_workers)
-        return {
-            **cache_env(),
-            **rollout_env(str(cache_root()), self.kv_cache_gib, threads=threads),
-            "VLLM_LOGGING_LEVEL": "WARNING",
-        }
+        return {**cache_env(), **rollout_env(self.kv_cache_gib, threads=threads), "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
-def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0) -> list:
-    """Start `cfg.num_workers` RolloutWorker actors on `model_path` and wait until they are ready."""
-    import ray
-
+def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0, bundles=None) -> ActorGroup:
+    """`cfg.num_workers` RolloutWorker actors on `model_path`, ready to generate; `bundles` gives
+    each its (placement group, bundle index)."""
     from rlpost.rollout import RolloutWorker
 
-    actor_cls = ray.remote(RolloutWorker)
-    workers = [
-        actor_cls.options(
-            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, runtime_env={"env_vars": cfg.actor_env()}
-        ).remote(
-            model_path,
-            dtype=cfg.dtype,
-            max_model_len=cfg.max_model_len,
-            seed=seed + i,
-            enforce_eager=cfg.enforce_eager,
-            kv_cache_gib=cfg.kv_cache_gib,
-        )
-        for i in range(cfg.num_workers)
-    ]
-    ray.get([w.ready.remote() for w in workers])
+    workers = ActorGroup(
+        [
+            make_actor(
+                RolloutWorker,
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.num_gpus,
+                env=cfg.actor_env(),
+                bundle=bundles[i] if bundles else None,
+            ).remote(
+                model_path,
+                dtype=cfg.dtype,
+                max_model_len=cfg.max_model_len,
+                seed=seed + i,
+                enforce_eager=cfg.enforce_eager,
+                kv_cache_gib=cfg.kv_cache_gib,
+            )
+            for i in range(cfg.num_workers)
+        ]
+    )
+    workers.call("ready")
     return workers
+
+
+# ---------------------------------------------------------------------------------------------
+# The RL actor groups
+
+
+@dataclass
+class PlacementConfig:
+    strategy: str = doc("Placement group strategy: 'PACK' (one box, time-shared) or 'SPREAD' (across nodes).", "PACK")
+    learner_cpus: float = doc("CPUs per learner rank bundle.", 1.0)
+    learner_gpus: float = doc("GPUs per learner rank bundle.", 0.0)
+    reward_cpus: float = doc("CPUs per reward worker bundle.", 0.5)
+
+    def validate(self):
+        if self.strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ConfigError(f"placement.strategy: {self.strategy!r} is not one of ['PACK', 'SPREAD', ...]")
+
+
+@dataclass
+class SyncConfig:
+    backend: str = doc(
+        "Weight sync learner → rollout workers: 'object_store' (Ray) or 'collective' (gloo/NCCL broadcast).",
+        "object_store",
+    )
+    every: int = doc(
+        "Sync after every N learner updates. Above 1 the engines sample with stale weights: "
+        "set loss.tis_cap to correct for it (truncated importance sampling).",
+        1,
+    )
+
+    def validate(self):
+        if self.backend not in ("object_store", "collective"):
+            raise ConfigError(f"sync.backend: {self.backend!r} is not one of ['object_store', 'collective']")
+        if self.every < 1:
+            raise ConfigError(f"sync.every: must be at least 1, got {self.every}")
+
+
+class RLActors:
+    """The RL run's actors in one placement group: learner ranks (DeepSpeed), rollout workers
+    (vLLM) and reward workers, plus the weight transport from learner rank 0 to the engines.
+
+    `cfg` is an RL recipe's config (sections model_path, seed, optim, deepspeed, loss, rollout,
+    vllm, placement, sync, rewards); `verifiers` maps each task to the reward that checks it."""
+
+    def __init__(self, cfg, total_steps: int, verifiers: dict[str, str]):
+        import ray
+        from ray.util.placement_group import placement_group
+
+        from rlpost.learner import Learner
+        from rlpost.reward_refs import RewardLoadError, absolute_reference
+        from rlpost.reward_runner import RewardWorker
+        from rlpost.weight_sync import free_port
+
+        p, v, world = cfg.placement, cfg.vllm, cfg.deepspeed.world_size
+        learner_bundle = {"CPU": p.learner_cpus, **({"GPU": p.learner_gpus} if p.learner_gpus else {})}
+        rollout_bundle = {"CPU": v.num_cpus, **({"GPU": v.num_gpus} if v.num_gpus else {})}
+        bundles = (
+            [learner_bundle] * world
+            + [rollout_bundle] * v.num_workers
+            + [{"CPU": p.reward_cpus}] * cfg.rewards.num_workers
+        )
+        self.pg = placement_group(bundles, strategy=p.strategy)
+        ray.get(self.pg.ready(), timeout=600)
+        first_rollout, first_reward = world, world + v.num_workers
+
+        # Reward workers first: a bad reward reference stops the run before the engines load.
+        # File references are made absolute here: a job's actors may run in another folder.
+        specs = [replace(spec, name=absolute_reference(spec.name)) for spec in cfg.rewards.functions]
+        self.learners = self.rollouts = None
+        self.rewards = ActorGroup(
+            [
+                make_actor(
+                    RewardWorker, num_cpus=p.reward_cpus, bundle=(self.pg, first_reward + i), **RewardWorker.RAY_OPTIONS
+                ).remote(specs, cfg.rewards.default_reward, verifiers)
+                for i in range(cfg.rewards.num_workers)
+            ]
+        )
+        try:
+            self.reward_names = self.rewards.call("start")[0]
+        except RewardLoadError as error:
+            self.shutdown()
+            raise ConfigError(f"rewards.functions: {getattr(error, 'cause', error)}") from None
+
+        master_addr, master_port = ray.util.get_node_ip_address(), free_port()
+        self.learners = ActorGroup(
+            [
+                make_actor(Learner, num_cpus=p.learner_cpus, num_gpus=p.learner_gpus, bundle=(self.pg, rank)).remote(
+                    cfg.model_path,
+                    cfg.optim,
+                    cfg.deepspeed,
+                    cfg.loss,
+                    rank=rank,
+                    master_addr=master_addr,
+                    master_port=master_port,
+                    total_steps=total_steps,
+                    max_new_tokens=cfg.rollout.max_new_tokens,
+                    seed=cfg.seed,
+                )
+                for rank in range(world)
+            ]
+        )
+        self.rollouts = start_rollout_workers(
+            cfg.model_path, v, cfg.seed, bundles=[(self.pg, first_rollout + i) for i in range(v.num_workers)]
+        )
+        self.sync_backend = cfg.sync.backend
+        if self.sync_backend == "collective":
+            port, group_size = free_port(), len(self.rollouts) + 1
+            backend = "nccl" if v.num_gpus else "gloo"
+            refs = [
+                w.init_weight_group.remote(master_addr, port, i + 1, group_size, backend)
+                for i, w in enumerate(self.rollouts.actors)
+            ]
+            # Rank 0 computes the weights' names and shapes once; every sync reuses them.
+            self.weight_specs = self.learners.call("init_weight_group", master_addr, port, group_size, backend)[0]
+            ray.get(refs)
+
+    def sync_weights(self) -> float:
+        """Push the learner's current weights into every rollout engine; returns seconds."""
+        import ray
+
+        t0 = time.perf_counter()
+        if self.sync_backend == "object_store":
+            state_ref = ray.put(self.learners.call("state_dict")[0])
+            self.rollouts.call("update_weights", state_ref)
+        else:
+            received = self.rollouts.submit("receive_weights", self.weight_specs)
+            self.learners.call("broadcast_weights")
+            ray.get(received)
+        return time.perf_counter() - t0
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for group in (self.rollouts, self.learners, self.rewards):
+            if group is not None:
+                group.kill()
+        remove_placement_group(self.pg)

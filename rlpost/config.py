@@ -247,3 +247,15 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def check_path(key: str, path: str) -> None:
+    """Stop with a ConfigError naming `key` when `path` is not a local file or folder and cannot
+    be a Hugging Face hub id either ('name' or 'org/name', for users with a network)."""
+    import re
+
+    if Path(path).expanduser().exists():
+        return
+    hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) and not path.startswith((".", "~"))
+    if not hub_id or Path(path.split("/")[0]).is_dir():  # e.g. runs/x: meant as a local folder
+        raise ConfigError(f"{key}: no such file or folder: {path} (working directory {Path.cwd()})")

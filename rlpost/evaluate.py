@@ -1,7 +1,7 @@
 """Held-out evaluation through vLLM: accuracy and pass@k per task, answer length, truncation.
 
-The same reward functions that train the policy score it here (rewards/), so "accuracy" in a
-report and "reward" in a run mean the same thing.
+Each task's verifier (`rlpost.tasks.VERIFIERS`, a reward of rewards/) scores it here, the same
+one that gives an RL step its `accuracy`, so both mean the same thing.
 """
 
 from __future__ import annotations
@@ -10,16 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from rlpost.config import doc
-from rlpost.tasks import Problem
-
-# Which built-in reward checks each task's answers.
-TASK_REWARDS = {
-    "arithmetic": "math",
-    "gsm8k": "math",
-    "compare": "math",
-    "spelling_bee": "letter_count",
-    "spelling": "spelling",
-}
+from rlpost.tasks import VERIFIERS, Problem
 
 
 @dataclass
@@ -31,15 +22,15 @@ class EvalConfig:
 
 
 def score_completions(problems: list[Problem], completions: list[str]) -> list[float]:
-    """Correctness (0/1) of each completion for its problem, by the task's reward function."""
-    from rewards import BUILTIN_REWARDS
+    """Correctness (0/1) of each completion for its problem, by its task's verifier."""
+    from rewards import builtin_reward
 
     scores = [0.0] * len(problems)
     by_task = defaultdict(list)
     for i, p in enumerate(problems):
         by_task[p.task].append(i)
     for task, idx in by_task.items():
-        fn = BUILTIN_REWARDS[TASK_REWARDS[task]]
+        fn = builtin_reward(VERIFIERS[task])
         values = fn(
             [problems[i].prompt for i in idx], [completions[i] for i in idx], answer=[problems[i].answer for i in idx]
         )

@@ -2,10 +2,9 @@
 
 `RolloutWorker` wraps one vLLM `LLM` that runs in the caller's process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): on CPU it starts in seconds instead of half a minute, and
-new weights are handed to the model as tensors with no serialisation. Use it as a Ray actor
-(`RolloutWorkerActor`, with `rollout_env(...)` as the actor's ``runtime_env`` env vars) so the
-engine owns its process: vLLM replaces ``torch.set_num_threads`` there and sets up its own
-``torch.distributed`` world.
+new weights are handed to the model as tensors with no serialisation. It runs as a Ray actor
+(`rlpost.cluster.start_rollout_workers`) so the engine owns its process: vLLM replaces
+``torch.set_num_threads`` there and sets up its own ``torch.distributed`` world.
 
 Weights arrive either as a ``{hf_name: tensor}`` dict through Ray's object store
 (`update_weights`) or by a broadcast from the learner's rank 0 over a private process group
@@ -28,10 +27,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 import torch
 
 from rlpost import weight_sync
+from rlpost.cache import cache_root
 from rlpost.tokenizer import OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START
 from rlpost.tools import PythonTool, ToolConfig
 
@@ -52,16 +51,16 @@ class Sample:
     tool_s: float = 0.0  # this sample's share of the wall time spent running tool calls
 
 
-def rollout_env(cache_dir: str, kv_cache_gib: float, in_process: bool = True, threads: int = 0) -> dict[str, str]:
+def rollout_env(kv_cache_gib: float, threads: int = 0) -> dict[str, str]:
     """Environment a rollout process needs before vLLM is first imported.
 
-    Meant for ``runtime_env={"env_vars": rollout_env(...)}`` of a rollout actor. `cache_dir` is
-    the project cache root (compile caches go below it). vLLM parses VLLM_CPU_KVCACHE_SPACE as a
+    Meant for ``runtime_env={"env_vars": rollout_env(...)}`` of a rollout actor; compile caches go
+    below the project cache folder (`rlpost.cache`). vLLM parses VLLM_CPU_KVCACHE_SPACE as a
     whole number of GiB, so it is rounded up here; `RolloutWorker` passes the exact size itself.
     `threads` (if not 0) sets the engine's CPU threads: Ray sets OMP_NUM_THREADS to an actor's
     whole number of CPUs, one for a fractional share, and torch reads it at import.
     """
-    cache = Path(cache_dir).expanduser()
+    cache = cache_root()
     # Unix socket paths are limited to ~107 bytes, so vLLM's sockets go to a short local
     # folder rather than the (possibly deep, possibly network-mounted) cache folder.
     rpc_dir = Path(tempfile.gettempdir()) / f"rlpost-{os.getuid()}" / "vllm-rpc"
@@ -71,17 +70,12 @@ def rollout_env(cache_dir: str, kv_cache_gib: float, in_process: bool = True, th
         "HF_HOME": str(cache / "hf"),
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(kv_cache_gib))),
         "VLLM_RPC_BASE_PATH": str(rpc_dir),
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1",
-        # The CPU platform needs spawn; set it up front so nothing forks a threaded process.
-        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+        # The engine lives in the actor's own process: tensors are handed over, not serialised.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
         "TOKENIZERS_PARALLELISM": "false",
     } | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-
-
-def _default_cache_dir() -> str:
-    return os.environ.get("RLPOST_CACHE", str(Path.home() / ".cache" / "rlpost"))
 
 
 class RolloutWorkerExtension:
@@ -93,13 +87,8 @@ class RolloutWorkerExtension:
     """
 
     def rlpost_load_weights(self, weights) -> float:
-        """Load HF-named weights (dict, list of pairs, or safetensors bytes); returns seconds."""
+        """Load HF-named weights (a dict or a list of pairs); returns seconds."""
         t0 = time.perf_counter()
-        if isinstance(weights, (bytes, bytearray)):
-            # Multiprocess mode: tensors do not survive vLLM's RPC, safetensors bytes do.
-            from safetensors.torch import load as load_safetensors
-
-            weights = load_safetensors(bytes(weights))
         if isinstance(weights, Mapping):
             weights = weights.items()
         self._rlpost_reload(weights)
@@ -197,13 +186,12 @@ class RolloutWorker:
         logprobs_mode: str = "processed_logprobs",
         engine_kwargs: dict | None = None,
     ):
-        # Fill in whatever the launcher did not set; in-process is the default mode.
-        for key, value in rollout_env(_default_cache_dir(), kv_cache_gib).items():
+        # Fill in whatever the launcher did not set.
+        for key, value in rollout_env(kv_cache_gib).items():
             os.environ.setdefault(key, value)
         Path(os.environ["VLLM_RPC_BASE_PATH"]).mkdir(parents=True, exist_ok=True)
         # The legacy variable is whole GiB and would override the exact size passed below.
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-        self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
 
         max_model_len = _fit_max_model_len(model_path, max_model_len)
         from vllm import LLM
@@ -224,13 +212,7 @@ class RolloutWorker:
         self.start_s = time.perf_counter() - t0
         self.max_model_len = max_model_len
         self._tool: PythonTool | None = None
-        logger.info(
-            "vLLM engine for %s ready in %.1f s (in_process=%s, eager=%s)",
-            model_path,
-            self.start_s,
-            self.in_process,
-            enforce_eager,
-        )
+        logger.info("vLLM engine for %s ready in %.1f s (eager=%s)", model_path, self.start_s, enforce_eager)
 
     # ------------------------------------------------------------------ generation
 
@@ -382,13 +364,7 @@ class RolloutWorker:
         from uninitialised memory. Dtypes are converted to the engine's dtype.
         """
         t0 = time.perf_counter()
-        if self.in_process:
-            payload = named_tensors
-        else:
-            from safetensors.torch import save as save_safetensors
-
-            payload = save_safetensors({k: v.detach().contiguous().cpu().clone() for k, v in named_tensors.items()})
-        self.llm.collective_rpc("rlpost_load_weights", args=(payload,))
+        self.llm.collective_rpc("rlpost_load_weights", args=(named_tensors,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         took = time.perf_counter() - t0
         logger.info("weights updated through the object store in %.3f s", took)
@@ -454,7 +430,3 @@ def _to_sample(completion) -> Sample:
     if reason not in ("stop", "length"):
         raise RuntimeError(f"generation ended with finish_reason={reason!r}")
     return Sample(token_ids=ids, logprobs=logprobs, finish_reason=reason)
-
-
-# Callers usually add options: RolloutWorkerActor.options(num_cpus=..., runtime_env=...).
-RolloutWorkerActor = ray.remote(RolloutWorker)

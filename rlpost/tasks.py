@@ -270,6 +270,16 @@ TASKS: dict[str, Callable[..., Problem]] = {
     "compare": compare_numbers,
 }
 
+# The reward (a built-in name from rewards/) that checks each task's answers: a task owns its
+# verifier. Held-out accuracy and the `accuracy` of an RL step both come from it.
+VERIFIERS: dict[str, str] = {
+    "arithmetic": "math",
+    "spelling_bee": "letter_count",
+    "spelling": "spelling",
+    "compare": "math",
+    "gsm8k": "math",
+}
+
 _SPLIT_STREAMS = {"eval": 1, "sft": 2, "rl": 3}
 # Held-out problems come from a fixed pool, so excluding them from the other splits is stable.
 EVAL_POOL = 1000

@@ -46,6 +46,23 @@ def run_recipe(script: str, args: list[str], timeout: float = 900) -> subprocess
     return proc
 
 
+def load_recipe(name: str):
+    """A recipe script (recipes/<name>.py) as a module, for its config class and stage function."""
+    import importlib.util
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def grpo_recipe():
+    return load_recipe("grpo")
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 

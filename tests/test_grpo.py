@@ -37,11 +37,12 @@ TINY = [
 
 
 def _config(model_path, run_dir, extra=()):
+    from conftest import load_recipe
+
     from rlpost.config import load_config
-    from rlpost.driver import RLConfig
 
     return load_config(
-        RLConfig,
+        load_recipe("grpo").GRPOConfig,
         [
             "--config",
             "recipes/configs/grpo_tiny.yaml",
@@ -63,20 +64,22 @@ def _weights(path):
 
 USER_REWARD = """
 def brevity(prompts, completions, **columns):
-    # A user's own reward, in a file outside the project: shorter answers score higher.
-    return [-len(c) / 100 for c in completions]
+    # A user's own reward, in a file outside the project: shorter answers score higher, but
+    # only for prompts of even length, so some groups carry no signal and refill rounds run.
+    return [-len(c) / 100 if len(p) % 2 == 0 else 0.0 for p, c in zip(prompts, completions)]
 """
 
 
 @pytest.fixture(scope="module")
 def grpo_run(sft_run, ray_cluster, tmp_path_factory):
-    from rlpost.driver import train
+    from conftest import load_recipe
 
     user_dir = tmp_path_factory.mktemp("user_rewards")
     (user_dir / "my_rewards.py").write_text(USER_REWARD)
     run_dir = tmp_path_factory.mktemp("grpo")
     rewards = f"[{{name: math}}, {{name: '{user_dir}/my_rewards.py:brevity', weight: 0.5}}]"
-    result = train(_config(sft_run / "model", run_dir, ["--rewards.functions", rewards]))
+    extra = ["--rewards.functions", rewards, "--algo.refill_rounds", "3"]
+    result = load_recipe("grpo").train(_config(sft_run / "model", run_dir, extra))
     return run_dir, result
 
 
@@ -104,13 +107,27 @@ def test_two_steps_finite_metrics_and_changed_weights(grpo_run, sft_run):
             "time/reference",
         ):
             assert key in m and m[key] is not None and math.isfinite(m[key]), key
-        assert m["samples_kept"] > 0
+        assert m["samples_trained"] > 0
         # The learner recomputes the logprobs vLLM sampled with; bf16 on both sides keeps them close.
         assert m["logprob_gap"] < 0.1
         assert "reward/brevity" in m and m["reward/brevity"] < 0  # the user's file was loaded and used
     before, after = _weights(sft_run / "model"), _weights(run_dir / "model")
     assert any(not (before[k] == after[k]).all() for k in before)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_2"
+
+
+def test_refill_rounds_merge_and_trim_the_batch(grpo_run):
+    """Groups without signal are refilled round by round (4 prompts each); the learner gets at
+    most prompts_per_step groups, and the step's statistics cover every sampled group."""
+    run_dir, _ = grpo_run
+    steps = [m for m in metrics(run_dir) if "cursor" in m]
+    cursor = 0
+    for m in steps:
+        assert m["groups_sampled"] in (4, 8, 12, 16)
+        cursor += m["groups_sampled"]
+        assert m["cursor"] == cursor
+        assert 0 < m["groups_trained"] <= 4 and m["samples_trained"] <= 4 * 4
+    assert any(m["groups_sampled"] > 4 for m in steps)  # about half the groups have no signal
 
 
 def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster):
@@ -121,7 +138,7 @@ def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster
 
     from rlpost.cache import cache_env
     from rlpost.learner import Learner, PolicyLossConfig, Trajectory
-    from rlpost.trainer import EngineConfig, OptimConfig
+    from rlpost.trainer import DeepSpeedConfig, OptimConfig
     from rlpost.weight_sync import free_port
 
     loss = PolicyLossConfig(kl_coef=0.1, ppo_epochs=2, mini_batches=2, micro_batch_size=3)
@@ -131,12 +148,13 @@ def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster
         .remote(
             str(sft_run / "model"),
             OptimConfig(lr=1e-3),
-            EngineConfig(bf16=False),
+            DeepSpeedConfig(bf16=False),
             loss,
             rank=0,
             master_addr="127.0.0.1",
             master_port=free_port(),
             total_steps=2,
+            max_new_tokens=20,
         )
     )
     rng = random.Random(0)
@@ -145,12 +163,16 @@ def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster
         completion = [rng.randrange(20, 500) for _ in range(rng.randint(4, 20))]
         trajectories.append(
             Trajectory(
-                [1, 5 + i, 7], completion, [-3.0] * len(completion), [1] * len(completion), rng.choice([-1.0, 1.0])
+                [1, 5 + i, 7],
+                completion,
+                [-3.0] * len(completion),
+                [1] * len(completion),
+                [rng.choice([-1.0, 1.0])] * len(completion),
             )
         )
     try:
-        first = ray.get(learner.train.remote(trajectories))
-        second = ray.get(learner.train.remote(trajectories))
+        first = ray.get(learner.train.remote(trajectories, 1.0))
+        second = ray.get(learner.train.remote(trajectories, 1.0))
     finally:
         ray.kill(learner)
     assert first["time/reference"] > 0
@@ -170,7 +192,7 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
     import torch
 
     from rlpost.chat import prompt_ids
-    from rlpost.driver import Actors
+    from rlpost.cluster import RLActors
     from rlpost.learner import Trajectory
     from rlpost.model import load_model
     from rlpost.tasks import make_problems
@@ -179,11 +201,20 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
     cfg = _config(
         sft_run / "model",
         tmp_path,
-        ["--sync.backend", backend, "--vllm.dtype", "float32", "--engine.bf16", "false", "--rewards.num_workers", "1"],
+        [
+            "--sync.backend",
+            backend,
+            "--vllm.dtype",
+            "float32",
+            "--deepspeed.bf16",
+            "false",
+            "--rewards.num_workers",
+            "1",
+        ],
     )
     tokenizer = load_tokenizer(cfg.model_path)
     prompts = [prompt_ids(tokenizer, p.prompt) for p in make_problems("arithmetic", "eval", 4)]
-    actors = Actors(cfg, total_steps=2)
+    actors = RLActors(cfg, total_steps=2, verifiers={"arithmetic": "math"})
     try:
 
         def greedy():
@@ -202,14 +233,14 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
                 [rng.randrange(20, 500) for _ in range(24)],
                 [-5.0] * 24,
                 [1] * 24,
-                rng.choice([-1.0, 1.0]),
+                [rng.choice([-1.0, 1.0])] * 24,
             )
             for i in range(16)
         ]
-        ray.get([lr.train.remote(trajectories) for lr in actors.learners])
+        actors.learners.call("train", trajectories, 1.0)
         sync_s = actors.sync_weights()
         after = greedy()
-        state = ray.get([lr.state_dict.remote() for lr in actors.learners])[0]
+        state = actors.learners.call("state_dict")[0]
     finally:
         actors.shutdown()
     model = load_model(cfg.model_path, "float32")
@@ -236,7 +267,9 @@ def test_resume_continues_from_checkpoint(grpo_run, sft_run, ray_cluster, tmp_pa
     policy and data cursor, and covers the same prompts as an uninterrupted 4-step run.
     Sampling is not bit-identical across an engine restart (vLLM's sampler state is not
     checkpointed), so rewards are compared only for being finite."""
-    from rlpost.driver import train
+    from conftest import load_recipe
+
+    train = load_recipe("grpo").train
 
     run_dir = tmp_path / "resumed"
     extra = ["--steps", "2"]

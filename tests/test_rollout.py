@@ -8,7 +8,6 @@ The engines run in Ray actors so this test process never imports vLLM (in-proces
 patch torch and create a torch.distributed world here, under other tests' feet).
 """
 
-import os
 
 import pytest
 import torch
@@ -18,7 +17,9 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 pytest.importorskip("vllm")
 
-from rlpost.rollout import RolloutWorkerActor, rollout_env  # noqa: E402
+from rlpost.cache import cache_env  # noqa: E402
+from rlpost.cluster import make_actor  # noqa: E402
+from rlpost.rollout import RolloutWorker, rollout_env  # noqa: E402
 from rlpost.weight_sync import (  # noqa: E402
     broadcast_weights,
     create_weight_group,
@@ -140,11 +141,9 @@ def model_dirs(tmp_path_factory):
 
 
 def start_worker(model_path: str):
-    cache = os.environ.get("RLPOST_CACHE", os.path.expanduser("~/.cache/rlpost"))
-    actor = RolloutWorkerActor.options(
-        num_cpus=1,
-        runtime_env={"env_vars": rollout_env(cache, kv_cache_gib=0.25)},
-    ).remote(model_path, dtype="float32", enforce_eager=True, max_model_len=256, kv_cache_gib=0.25)
+    actor = make_actor(RolloutWorker, num_cpus=1, env={**cache_env(), **rollout_env(kv_cache_gib=0.25)}).remote(
+        model_path, dtype="float32", enforce_eager=True, max_model_len=256, kv_cache_gib=0.25
+    )
     ray.get(actor.ready.remote())
     return actor
 

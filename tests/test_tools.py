@@ -125,11 +125,13 @@ def test_sft_reports_accuracy_with_and_without_the_tool(tool_sft_run):
 
 @pytest.mark.slow
 def test_grpo_with_the_tool(tool_sft_run, ray_cluster, tmp_path):
-    from rlpost.config import load_config
-    from rlpost.driver import RLConfig, train
+    from conftest import load_recipe
 
+    from rlpost.config import load_config
+
+    grpo = load_recipe("grpo")
     cfg = load_config(
-        RLConfig,
+        grpo.GRPOConfig,
         [
             "--config",
             "recipes/configs/grpo_tiny.yaml",
@@ -138,7 +140,7 @@ def test_grpo_with_the_tool(tool_sft_run, ray_cluster, tmp_path):
             "--run_dir",
             str(tmp_path),
             "--data.tasks",
-            "[spelling_bee]",
+            "{spelling_bee: 1000}",
             "--tools.enabled",
             "true",
             "--rewards.functions",
@@ -163,7 +165,7 @@ def test_grpo_with_the_tool(tool_sft_run, ray_cluster, tmp_path):
             "disabled",
         ],
     )
-    assert train(cfg)["steps"] == 2
+    assert grpo.train(cfg)["steps"] == 2
     steps = [m for m in metrics(tmp_path) if m["step"] in (1, 2) and "loss" in m]
     assert len(steps) == 2
     for m in steps:

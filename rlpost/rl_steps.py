@@ -1,0 +1,329 @@
+"""The pieces of one RL step, in the order an RL recipe's loop calls them.
+
+    prompts     problems_at(pool, cursor, ...)        the next practice problems (pure in the cursor)
+    rollouts    sample_groups(actors, ...)            n samples per prompt from the vLLM engines
+    rewards     score(actors, ...)                    reward workers: weighted total, verifier, errors
+                collect_groups(...)                   the two above, in refill rounds, merged
+    advantages  build_trajectories(groups, ...)       group advantages broadcast over each sample's
+                                                      tokens, filtered and trimmed for the learner
+    update      actors.learners.call("train", ...)    rlpost/learner.py
+    sync        actors.sync_weights()                 rlpost/cluster.py
+    metrics     step_metrics(groups, ...)             computed once from the step's merged samples
+
+The config sections these pieces read live here too.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from rlpost.config import ConfigError, doc
+from rlpost.reward_refs import RewardSpec
+from rlpost.rollout import Sample
+from rlpost.tasks import TASKS, Problem
+
+
+@dataclass
+class RLData:
+    tasks: dict[str, int] = doc(
+        "Answer-only practice problems (the 'rl' split, never SFT or held-out ones) per synthetic task; "
+        "the pool is cycled in shuffled epochs.",
+        {"arithmetic": 20000},
+    )
+    gsm8k: str = doc("Optional GSM8K source (local .jsonl[.gz] file/folder or hub name) added to the prompt pool.", "")
+
+    def validate(self):
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"data.tasks: unknown task {unknown[0]!r}; valid tasks: {sorted(TASKS)}")
+
+
+@dataclass
+class RolloutConfig:
+    n: int = doc("Samples per prompt (the GRPO group size).", 8)
+    prompts_per_step: int = doc("Prompts per step (each sampled n times).", 32)
+    max_new_tokens: int = doc("Longest completion in tokens (also the loss normaliser of Dr. GRPO).", 128)
+    temperature: float = doc("Sampling temperature.", 1.0)
+    top_p: float = doc("Nucleus sampling threshold.", 1.0)
+
+    def validate(self):
+        for key in ("n", "prompts_per_step", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"rollout.{key}: must be at least 1, got {getattr(self, key)}")
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = doc(
+        "'grpo' (group mean/std), 'drgrpo' (group mean only, Liu et al. 2025) or 'rloo' (leave-one-out).", "grpo"
+    )
+    drop_zero_variance_groups: bool = doc(
+        "Dynamic sampling (DAPO): drop groups whose rewards all agree (no signal).", True
+    )
+    refill_rounds: int = doc(
+        "Extra sampling rounds to refill dropped groups up to prompts_per_step (0: train on fewer).", 0
+    )
+    mask_truncated: bool = doc(
+        "Overlong filtering (DAPO): leave samples cut off at max_new_tokens out of the loss. "
+        "DAPO's soft length penalty is the `overlong` reward.",
+        False,
+    )
+
+    def validate(self):
+        from rlpost.algorithms import ADVANTAGE_ESTIMATORS
+
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
+            raise ConfigError(f"algo.advantage: {self.advantage!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.refill_rounds < 0:
+            raise ConfigError(f"algo.refill_rounds: must be 0 or more, got {self.refill_rounds}")
+
+
+@dataclass
+class RewardsConfig:
+    functions: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="math")])
+    num_workers: int = doc("Reward worker actors.", 1)
+    default_reward: float | None = doc(
+        "Reward of a sample no function scored (None: excluded from the advantage).", None
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+def prompt_pool(data: RLData) -> list[Problem]:
+    """Answer-only practice problems: the 'rl' split of each task (never SFT or held-out ones)."""
+    from rlpost.data import load_gsm8k
+    from rlpost.tasks import make_problems
+
+    pool = [p for task, count in data.tasks.items() for p in make_problems(task, "rl", count)]
+    if data.gsm8k:
+        pool += load_gsm8k(data.gsm8k, "train")
+    return pool
+
+
+def problems_at(pool: list, cursor: int, count: int, seed: int) -> list:
+    """Problems cursor .. cursor+count of the pool cycled in epochs shuffled by (seed, epoch):
+    a pure function of the cursor, so a resumed run continues with the same prompts."""
+    out = []
+    for k in range(cursor, cursor + count):
+        epoch, i = divmod(k, len(pool))
+        out.append(pool[_epoch_order(len(pool), seed, epoch)[i]])
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return random.Random(f"{seed}/{epoch}").sample(range(n), n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts and rewards
+
+
+@dataclass
+class Groups:
+    """The sampled groups of one step, flat and group-contiguous: sample i answers problem i // n."""
+
+    problems: list[Problem] = field(default_factory=list)  # one per group
+    prompt_ids: list[list[int]] = field(default_factory=list)  # one per group
+    samples: list[Sample] = field(default_factory=list)  # n per group
+    rewards: list[float] = field(default_factory=list)  # weighted total; NaN: no function gave one
+    accuracy: list[float | None] = field(default_factory=list)  # the task verifier's score
+    per_fn: dict[str, list[float | None]] = field(default_factory=dict)  # each function's raw values
+    failures: dict[str, int] = field(default_factory=dict)  # samples each function failed on
+
+    def extend(self, other: Groups) -> None:
+        self.problems += other.problems
+        self.prompt_ids += other.prompt_ids
+        self.samples += other.samples
+        self.rewards += other.rewards
+        self.accuracy += other.accuracy
+        for name, values in other.per_fn.items():
+            self.per_fn.setdefault(name, []).extend(values)
+        for name, count in other.failures.items():
+            self.failures[name] = self.failures.get(name, 0) + count
+
+
+def _split(items: list, parts: int) -> list[list]:
+    size = math.ceil(len(items) / parts)
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def sample_groups(actors, tokenizer, problems: list[Problem], cfg: RolloutConfig, tools):
+    """Prompt ids, `cfg.n` samples per problem (flat), and the tool wall time of the slowest
+    worker; prompts spread evenly over the rollout workers (one `generate` call each)."""
+    import ray
+
+    from rlpost.chat import prompt_ids
+    from rlpost.tokenizer import stop_token_ids
+
+    ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
+    stop = stop_token_ids(tokenizer)
+    refs = [
+        worker.generate.remote(
+            chunk,
+            n=cfg.n,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            stop_token_ids=stop,
+            tools=tools,
+        )
+        for worker, chunk in zip(actors.rollouts.actors, _split(ids, len(actors.rollouts)))
+        if chunk
+    ]
+    parts = ray.get(refs)
+    samples = [s for part in parts for group in part for s in group]
+    tool_s = max(sum(s.tool_s for group in part for s in group) for part in parts)
+    return ids, samples, tool_s
+
+
+def score(actors, problems: list[Problem], samples: list[Sample], texts: list[str], max_tokens: int):
+    """Reward workers' results for every sample, the batch split evenly over the workers.
+
+    Returns (rewards with NaN where no function gave one, verifier accuracy, per-function values,
+    per-function failure counts, the `RewardError`s)."""
+    import ray
+
+    n = len(samples) // len(problems)
+    flat = [p for p in problems for _ in range(n)]
+    columns = {
+        "answer": [p.answer for p in flat],
+        "task": [p.task for p in flat],
+        "num_tokens": [len(s.token_ids) for s in samples],
+        "max_tokens": [max_tokens] * len(flat),
+    }
+    chunks = _split(list(range(len(flat))), len(actors.rewards))
+    refs = [
+        worker.score.remote(
+            [flat[i].prompt for i in idx], [texts[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()}
+        )
+        for worker, idx in zip(actors.rewards.actors, chunks)
+        if idx
+    ]
+    results = ray.get(refs)
+    per_fn: dict[str, list] = {}
+    failures: dict[str, int] = {}
+    for res in results:
+        for name, values in res.per_fn.items():
+            per_fn.setdefault(name, []).extend(values)
+            failures[name] = failures.get(name, 0) + res.failures.get(name, 0)
+    rewards = [math.nan if r is None else r for res in results for r in res.total]
+    accuracy = [a for res in results for a in res.accuracy]
+    return rewards, accuracy, per_fn, failures, [e for res in results for e in res.errors]
+
+
+def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: set) -> tuple[Groups, int, dict]:
+    """Sample and score `rollout.prompts_per_step` prompts; with `algo.refill_rounds`, sample
+    that many more prompts per round until enough groups carry a signal. Returns the merged
+    groups of every round, the advanced cursor, and the phase timings.
+
+    Reward errors are printed once per (function, kind) over the run (`reported` remembers)."""
+    from rlpost.algorithms import zero_variance_groups
+
+    groups, timings = Groups(), {"time/rollout": 0.0, "time/tool": 0.0, "time/reward": 0.0}
+    with_signal = 0
+    for _ in range(1 + cfg.algo.refill_rounds):
+        problems = problems_at(pool, cursor, cfg.rollout.prompts_per_step, cfg.seed)
+        cursor += len(problems)
+        t0 = time.perf_counter()
+        ids, samples, tool_s = sample_groups(actors, tokenizer, problems, cfg.rollout, cfg.tools)
+        timings["time/rollout"] += time.perf_counter() - t0 - tool_s
+        timings["time/tool"] += tool_s
+        t0 = time.perf_counter()
+        texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
+        rewards, accuracy, per_fn, failures, errors = score(
+            actors, problems, samples, texts, cfg.rollout.max_new_tokens
+        )
+        timings["time/reward"] += time.perf_counter() - t0
+        for error in errors:
+            if (error.function, error.kind) not in reported:
+                reported.add((error.function, error.kind))
+                print(f"reward function failed (first of its kind; counted in reward/<name>/failures): {error}")
+        groups.extend(Groups(problems, ids, samples, rewards, accuracy, per_fn, failures))
+        if not cfg.algo.drop_zero_variance_groups:
+            break
+        with_signal += int((~zero_variance_groups(torch.tensor(rewards), cfg.rollout.n)).sum())
+        if with_signal >= cfg.rollout.prompts_per_step:
+            break
+    return groups, cursor, timings
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages
+
+
+def build_trajectories(groups: Groups, algo: AlgoConfig, rollout: RolloutConfig):
+    """Advantages per sample, broadcast over its tokens, as the trajectories the learner trains on.
+
+    Left out of the loss: samples without a reward, groups with no signal (dynamic sampling),
+    truncated samples with `mask_truncated`, and groups beyond `prompts_per_step` (refill rounds
+    may bring more). Returns (trajectories, number of groups trained on)."""
+    from rlpost.algorithms import ADVANTAGE_ESTIMATORS, truncation_mask, zero_variance_groups
+    from rlpost.learner import Trajectory
+
+    n = rollout.n
+    rewards = torch.tensor(groups.rewards, dtype=torch.float32)
+    advantages = ADVANTAGE_ESTIMATORS[algo.advantage](rewards, n)
+    keep = ~torch.isnan(rewards)
+    if algo.drop_zero_variance_groups:
+        keep &= ~zero_variance_groups(rewards, n).repeat_interleave(n)
+    if algo.mask_truncated:
+        keep &= ~truncation_mask([s.finish_reason for s in groups.samples])
+    group_kept = keep.view(-1, n).any(dim=1)
+    group_kept &= group_kept.cumsum(0) <= rollout.prompts_per_step
+    keep &= group_kept.repeat_interleave(n)
+    trajectories = [
+        Trajectory(
+            groups.prompt_ids[i // n],
+            s.token_ids,
+            s.logprobs,
+            s.loss_mask or [1] * len(s.token_ids),
+            [float(advantages[i])] * len(s.token_ids),
+        )
+        for i, s in enumerate(groups.samples)
+        if keep[i]
+    ]
+    return trajectories, int(group_kept.sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _mean(values: list) -> float:
+    given = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(given) / len(given) if given else math.nan
+
+
+def step_metrics(groups: Groups, n: int) -> dict:
+    """What the step's samples say, computed once from every round's samples together."""
+    from rlpost.algorithms import zero_variance_groups
+
+    rewards = torch.tensor(groups.rewards, dtype=torch.float32)
+    given = rewards[~torch.isnan(rewards)]
+    lengths = torch.tensor([len(s.token_ids) for s in groups.samples], dtype=torch.float32)
+    calls = torch.tensor([float(s.tool_calls) for s in groups.samples])
+    metrics = {
+        "accuracy": _mean(groups.accuracy),
+        "reward/mean": float(given.mean()) if len(given) else math.nan,
+        "reward/std": float(given.std(correction=0)) if len(given) else math.nan,
+        "groups_sampled": len(groups.problems),
+        "groups_dropped_frac": float(zero_variance_groups(rewards, n).float().mean()),
+        "response_len/mean": float(lengths.mean()),
+        "response_len/max": int(lengths.max()),
+        "truncated_frac": _mean([float(s.finish_reason == "length") for s in groups.samples]),
+        "tool/calls_per_sample": float(calls.mean()),
+        "tool/samples_with_call_frac": float((calls > 0).float().mean()),
+    }
+    for name, values in groups.per_fn.items():
+        metrics[f"reward/{name}"] = _mean(values)
+        metrics[f"reward/{name}/failures"] = groups.failures.get(name, 0)
+    return metrics
