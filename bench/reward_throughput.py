@@ -10,7 +10,7 @@ answer, half of them right and half wrong, in a mix of forms: 70 % "The answer
 is N.", 20 % "\\boxed{N}", 10 % a LaTeX fraction "$\\frac{2N}{2}$" (which goes
 through math-verify instead of the exact plain-number comparison). The same
 completions are scored in this process (the bare function), through a
-RewardComputer (child process, no Ray) and through 1 and 2 RewardWorker actors
+RewardRunner (child process, no Ray) and through 1 and 2 RewardWorker actors
 on a local Ray with 2 CPUs. Writes bench/results/reward_throughput.json.
 
 The machine has 2 cores shared with other work: compare numbers within one run.
@@ -34,7 +34,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from rewards.math import math_reward  # noqa: E402
-from rlpost.rewarding import RewardComputer, RewardSpec  # noqa: E402
+from rlpost.reward_refs import RewardSpec  # noqa: E402
+from rlpost.reward_runner import RewardRunner, RewardWorker  # noqa: E402
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl.gz"
 RESULTS = PROJECT_ROOT / "bench" / "results" / "reward_throughput.json"
@@ -82,25 +83,23 @@ def time_in_process(prompts, completions, golds, expected) -> dict:
     return {"seconds": elapsed, "checks_per_s": len(prompts) / elapsed}
 
 
-def time_reward_computer(prompts, completions, golds, expected) -> dict:
-    with RewardComputer([RewardSpec("math", timeout_s=60.0)]) as computer:
-        computer(prompts[:8], completions[:8], {"answer": golds[:8]})  # warm up
+def time_reward_runner(prompts, completions, golds, expected) -> dict:
+    with RewardRunner([RewardSpec("math", timeout_s=60.0)]) as runner:
+        runner.score(prompts[:8], completions[:8], {"answer": golds[:8]})  # warm up
         started = time.perf_counter()
         scores = []
         for start, end in batches(len(prompts)):
-            result = computer(prompts[start:end], completions[start:end], {"answer": golds[start:end]})
+            result = runner.score(prompts[start:end], completions[start:end], {"answer": golds[start:end]})
             scores += result.total
         elapsed = time.perf_counter() - started
-    assert scores == expected, "RewardComputer scores differ from the expected ones"
+    assert scores == expected, "RewardRunner scores differ from the expected ones"
     return {"seconds": elapsed, "checks_per_s": len(prompts) / elapsed}
 
 
 def time_ray_workers(ray, worker_count, prompts, completions, golds, expected) -> dict:
-    from rlpost.rewarding import RewardWorkerActor
-
-    workers = [
-        RewardWorkerActor.options(num_cpus=1).remote([RewardSpec("math", timeout_s=60.0)]) for _ in range(worker_count)
-    ]
+    worker_class = ray.remote(RewardWorker).options(**RewardWorker.RAY_OPTIONS, num_cpus=1)
+    workers = [worker_class.remote([RewardSpec("math", timeout_s=60.0)]) for _ in range(worker_count)]
+    ray.get([worker.start.remote() for worker in workers])
     ray.get([worker.score.remote(prompts[:8], completions[:8], {"answer": golds[:8]}) for worker in workers])
     started = time.perf_counter()
     spans = batches(len(prompts))
@@ -142,8 +141,8 @@ def main() -> None:
     }
     metrics["in_process"] = time_in_process(prompts, completions, golds, expected)
     print("in process:", metrics["in_process"])
-    metrics["reward_computer_1_process"] = time_reward_computer(prompts, completions, golds, expected)
-    print("RewardComputer:", metrics["reward_computer_1_process"])
+    metrics["reward_runner_1_process"] = time_reward_runner(prompts, completions, golds, expected)
+    print("RewardRunner:", metrics["reward_runner_1_process"])
 
     ray_temp_dir = tempfile.mkdtemp(prefix="rlpost-bench-ray-")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir)

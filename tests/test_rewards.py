@@ -25,12 +25,39 @@ def score_math(completion: str, gold: str) -> float | None:
     return math_reward(["prompt"], [completion], answer=[gold])[0]
 
 
-def test_registry_names_every_builtin():
-    assert set(BUILTIN_REWARDS) == {"math", "letter_count", "spelling", "format", "length", "overlong", "code"}
-    assert set(BUILTIN_REFERENCES) == set(BUILTIN_REWARDS)
-    assert BUILTIN_REWARDS["math"] is math_reward
+# One tiny batch per built-in: (completions, columns, expected values).
+BUILTIN_CASES = {
+    "math": (["The answer is 4", "The answer is 5", "x"], {"answer": ["4", "4", None]}, [1.0, 0.0, None]),
+    "letter_count": (["There are 3 r's in strawberry.", r"\boxed{2}"], {"answer": [3, "3"]}, [1.0, 0.0]),
+    "spelling": (["The answer is S-T-R-A-W.", "straw"], {"answer": ["s-t-r-a-w"] * 2}, [1.0, 0.0]),
+    "format": (["<think>add</think> The answer is 5.", "five"], {}, [1.0, 0.0]),
+    "length": (["x", "x"], {"num_tokens": [25, 50], "max_tokens": [100, 100]}, [-0.25, -0.5]),
+    "overlong": (["x", "x"], {"num_tokens": [10, 101], "max_tokens": [100, 100]}, [0.0, -1.0]),
+    "code": (
+        ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b): return a - b", "x"],
+        {"tests": ["assert add(2, 3) == 5"] * 2 + [None]},
+        [1.0, 0.0, None],
+    ),
+}
+
+
+def test_every_builtin_has_a_case():
+    assert set(BUILTIN_REFERENCES) == set(BUILTIN_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_REFERENCES))
+def test_every_builtin_loads_by_name_and_scores(name):
+    from rlpost.reward_refs import call_reward_fn, load_reward_fn
+
+    function = load_reward_fn(name)
+    assert function is BUILTIN_REWARDS[name] is load_reward_fn(BUILTIN_REFERENCES[name])
+    completions, columns, expected = BUILTIN_CASES[name]
+    columns = {**columns, "task": ["t"] * len(completions)}  # every reward also gets columns it ignores
+    assert call_reward_fn(function, ["p"] * len(completions), completions, columns) == expected
+
+
+def test_reward_functions_are_attributes_of_the_package():
     assert rewards.math_reward is math_reward
-    assert all(callable(function) for function in BUILTIN_REWARDS.values())
 
 
 @pytest.mark.parametrize(
