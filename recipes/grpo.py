@@ -165,9 +165,13 @@ def train(cfg: GRPOConfig) -> dict:
 
 
 if __name__ == "__main__":
+    from rlpost.reward_runner import RewardFunctionBroken
+
     apply_cache_env()
     try:
         result = train(parse_config(GRPOConfig))
     except ConfigError as error:
         raise SystemExit(f"config error: {error}") from None
+    except RewardFunctionBroken as error:  # raised in a reward worker; its message says it all
+        raise SystemExit(f"stopped: {getattr(error, 'cause', error)}") from None
     print(f"GRPO finished after {result['steps']} steps; held-out accuracy: {result['eval']}")

@@ -18,7 +18,6 @@ class LoggingConfig:
         "wandb mode: 'offline' (files under the run folder, no network), 'online' or 'disabled'.", "offline"
     )
     wandb_project: str = doc("wandb project name.", "rlpost")
-    log_every: int = doc("Write metrics every N steps.", 1)
 
     def validate(self):
         if self.wandb_mode not in ("offline", "online", "disabled"):

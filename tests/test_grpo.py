@@ -284,3 +284,17 @@ def test_resume_continues_from_checkpoint(grpo_run, sft_run, ray_cluster, tmp_pa
     assert steps[:2] == first
     assert all(math.isfinite(m["reward/mean"]) for m in steps)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_4"
+
+
+def test_a_bad_reward_reference_stops_the_run_before_the_engines_start(sft_run, ray_cluster, tmp_path):
+    """The reward workers load first: a missing function fails at start-up with the config key
+    and the reference, before any learner or vLLM engine is created."""
+    from rlpost.cluster import RLActors
+    from rlpost.config import ConfigError
+
+    (tmp_path / "my_rewards.py").write_text("def other(prompts, completions, **columns):\n    return [0.0]\n")
+    cfg = _config(
+        sft_run / "model", tmp_path, ["--rewards.functions", f"[{{name: '{tmp_path}/my_rewards.py:brevity'}}]"]
+    )
+    with pytest.raises(ConfigError, match=r"rewards.functions: .*my_rewards.py:brevity.*has no attribute 'brevity'"):
+        RLActors(cfg, total_steps=1, verifiers={"arithmetic": "math"})
