@@ -18,7 +18,7 @@ from pathlib import Path
 from rlpost.cache import apply_cache_env
 from rlpost.config import doc, parse_config, save_config, section
 from rlpost.metrics import LoggingConfig
-from rlpost.trainer import EngineConfig, OptimConfig
+from rlpost.trainer import DeepSpeedConfig, OptimConfig
 
 
 @dataclass
@@ -58,7 +58,7 @@ class PretrainConfig:
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=50, schedule="cosine", weight_decay=0.1)
     )
-    engine: EngineConfig = section(EngineConfig)
+    deepspeed: DeepSpeedConfig = section(DeepSpeedConfig)
     logging: LoggingConfig = section(LoggingConfig)
 
 
@@ -106,7 +106,7 @@ def main(cfg: PretrainConfig) -> Path:
     trainer = DeepSpeedTrainer(
         str(init_dir),
         cfg.optim,
-        cfg.engine,
+        cfg.deepspeed,
         total_steps=cfg.train.steps,
         micro_batch_size=cfg.train.batch_size,
         seed=cfg.train.seed,

@@ -23,7 +23,7 @@ from rlpost.config import doc, parse_config, save_config, section
 from rlpost.evaluate import EvalConfig
 from rlpost.metrics import LoggingConfig
 from rlpost.tools import ToolConfig
-from rlpost.trainer import EngineConfig, OptimConfig
+from rlpost.trainer import DeepSpeedConfig, OptimConfig
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SFTConfig:
     data: SFTData = section(SFTData)
     train: SFTTrain = section(SFTTrain)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20))
-    engine: EngineConfig = section(EngineConfig)
+    deepspeed: DeepSpeedConfig = section(DeepSpeedConfig)
     vllm: VLLMConfig = section(VLLMConfig)
     checkpoint_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=100))
     final_eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=200))
@@ -118,7 +118,7 @@ def main(cfg: SFTConfig) -> dict:
     trainer = DeepSpeedTrainer(
         cfg.model_path,
         cfg.optim,
-        cfg.engine,
+        cfg.deepspeed,
         total_steps=cfg.train.steps,
         micro_batch_size=cfg.train.batch_size,
         seed=cfg.train.seed,

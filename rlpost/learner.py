@@ -5,6 +5,12 @@ sample), and runs the policy-gradient update with the pure loss functions of
 rlpost/algorithms. The learner trains on exactly the token ids vLLM sampled; injected tool
 output tokens carry mask 0 and never enter the loss. Rank 0 also serves the weights to the
 rollout workers (object store or broadcast, see rlpost/weight_sync.py).
+
+The loss of each mini-batch is its aggregate (`loss.loss_agg`) over the whole mini-batch on all
+ranks, whatever the number of ranks and micro-batches: every aggregation mode is a sum over
+samples divided by a count that depends only on the mask (rlpost/algorithms/aggregation.py).
+The ranks add up their counts once per mini-batch, and each micro-batch's sum is scaled by
+world_size / that total, because DeepSpeed averages the accumulated gradients over the ranks.
 """
 
 from __future__ import annotations
@@ -15,20 +21,20 @@ from dataclasses import dataclass
 
 import torch
 
-from rlpost.algorithms import aggregate_loss, kl_penalty, masked_mean, ppo_clip_loss
+from rlpost.algorithms import kl_penalty, loss_count, loss_sum, ppo_clip_loss, truncated_importance_weights
 from rlpost.config import doc
-from rlpost.trainer import DeepSpeedTrainer, EngineConfig, OptimConfig, token_logprobs
+from rlpost.trainer import DeepSpeedConfig, DeepSpeedTrainer, OptimConfig, token_logprobs
 
 
 @dataclass
 class Trajectory:
-    """One sampled completion, as the learner trains on it."""
+    """One sampled completion, as the learner trains on it. The four lists are per completion token."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
     sampling_logprobs: list[float]  # vLLM's logprob of each completion token
     completion_mask: list[int]  # 1 = sampled by the policy (trained), 0 = injected tool output
-    advantage: float
+    advantages: list[float]  # GRPO/RLOO repeat the sequence's advantage; GAE gives each token its own
 
 
 @dataclass
@@ -36,15 +42,21 @@ class PolicyLossConfig:
     clip_low: float = doc("PPO ratio clip below 1 (ratio >= 1 - clip_low).", 0.2)
     clip_high: float = doc("PPO ratio clip above 1; > clip_low is DAPO's clip-higher (Yu et al. 2025).", 0.2)
     loss_agg: str = doc(
-        "'token-mean' (DAPO), 'seq-mean-token-mean' (GRPO) or 'seq-mean-token-sum-norm' (Dr. GRPO).", "token-mean"
+        "'token-mean' (DAPO), 'seq-mean-token-mean' (GRPO) or 'seq-mean-token-sum-norm' (Dr. GRPO, normalised "
+        "by the rollout's max_new_tokens). Aggregated over the whole mini-batch on all learner ranks.",
+        "token-mean",
     )
     kl_coef: float = doc("Weight of the KL penalty to the frozen reference policy; 0 loads no reference model.", 0.0)
     kl_estimator: str = doc("KL estimator: 'k1', 'k2' or 'k3' (Schulman's low-variance estimator).", "k3")
     ppo_epochs: int = doc("Passes over each batch of trajectories.", 1)
     mini_batches: int = doc("Optimizer steps per epoch (the batch is split into this many mini-batches).", 1)
     micro_batch_size: int = doc("Sequences per forward/backward (gradient accumulation within a mini-batch).", 64)
-    max_len: int = doc(
-        "Normaliser of 'seq-mean-token-sum-norm' (tokens); the rollout's max_new_tokens is a good choice.", 256
+    tis_cap: float = doc(
+        "Truncated importance sampling (Yao et al. 2025, 'Your Efficient RL Framework Secretly Brings You "
+        "Off-Policy RL Training'): each token's loss is weighted by min(π_old / π_sampler, tis_cap), where "
+        "π_sampler is the probability vLLM sampled the token with; corrects samples drawn by stale weights "
+        "(sync.every > 1) or a mismatched engine; 0 disables.",
+        0.0,
     )
 
     def validate(self):
@@ -55,25 +67,34 @@ class PolicyLossConfig:
             raise ConfigError(f"loss.loss_agg: {self.loss_agg!r} is not one of {list(LOSS_AGG_MODES)}")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ConfigError(f"loss.kl_estimator: {self.kl_estimator!r} is not one of {list(KL_ESTIMATORS)}")
+        if self.tis_cap < 0:
+            raise ConfigError(f"loss.tis_cap: {self.tis_cap} must be >= 0 (0 disables)")
 
 
 def pack(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors aligned with `token_logprobs` (position t predicts token t+1)."""
+    """Right-padded tensors aligned with `token_logprobs` (position t predicts token t+1).
+
+    `input_ids` is [B, T]; `mask`, `sampling_logprobs` and `advantages` are [B, T-1], where
+    column len(prompt_ids) - 1 + j holds completion token j and every other column is 0;
+    `last` is the column of each sample's last completion token."""
     width = max(len(t.prompt_ids) + len(t.completion_ids) for t in trajectories)
     n = len(trajectories)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width - 1), dtype=torch.bool)
     sampling_lp = torch.zeros((n, width - 1))
-    last = torch.zeros(n, dtype=torch.long)  # column of each sample's last completion logprob
+    advantages = torch.zeros((n, width - 1))
+    last = torch.zeros(n, dtype=torch.long)
     for i, t in enumerate(trajectories):
+        if not len(t.completion_ids) == len(t.sampling_logprobs) == len(t.completion_mask) == len(t.advantages):
+            raise ValueError(f"trajectory {i}: its per-completion-token lists differ in length")
         ids = t.prompt_ids + t.completion_ids
         input_ids[i, : len(ids)] = torch.tensor(ids)
-        start = len(t.prompt_ids) - 1  # logprob of completion token j sits at position start + j
+        start = len(t.prompt_ids) - 1
         end = start + len(t.completion_ids)
         mask[i, start:end] = torch.tensor(t.completion_mask, dtype=torch.bool)
         sampling_lp[i, start:end] = torch.tensor(t.sampling_logprobs)
+        advantages[i, start:end] = torch.tensor(t.advantages)
         last[i] = end - 1
-    advantages = torch.tensor([t.advantage for t in trajectories], dtype=torch.float32)
     return {
         "input_ids": input_ids,
         "mask": mask,
@@ -83,25 +104,39 @@ def pack(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]
     }
 
 
-def _micro_batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+def length_sorted_parts(indices: torch.Tensor, last: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    """`indices` sorted by sample length and cut into `parts` micro-batches of similar lengths, so
+    each can be cut to its longest sample with little padding. Parts are empty when there are
+    fewer samples than parts."""
+    ordered = indices[last[indices].argsort(stable=True)]
+    return list(torch.tensor_split(ordered, parts))
 
 
 @torch.no_grad()
-def packed_logprobs(forward, batch: dict[str, torch.Tensor], micro_batch_size: int, temperature: float) -> torch.Tensor:
+def packed_logprobs(
+    forward, batch: dict[str, torch.Tensor], micro_batch_size: int, temperature: float, passes: int = 0
+) -> torch.Tensor:
     """`token_logprobs` of a packed batch under `forward` (input ids → logits), without gradients.
 
     Samples go through in micro-batches of similar lengths, each cut to its longest sample;
-    columns past a sample's last completion token are 0 (they are never in the loss)."""
+    columns past a sample's last completion token are 0 (they are never in the loss). `passes`
+    (at least the micro-batches needed) sets the number of forward passes: ranks that must run
+    in lockstep (ZeRO-3 gathers weights in every forward) fill theirs with discarded passes."""
     ids, last = batch["input_ids"], batch["last"]
-    out = torch.zeros(ids.shape[0], ids.shape[1] - 1)
-    order = last.argsort(stable=True)
-    for sl in _micro_batches(len(order), micro_batch_size):
-        idx = order[sl]
+    n = ids.shape[0]
+    out = torch.zeros(n, ids.shape[1] - 1)
+    for idx in length_sorted_parts(torch.arange(n), last, max(passes, math.ceil(n / micro_batch_size))):
+        if len(idx) == 0:
+            forward(ids[:1, :2])
+            continue
         width = int(last[idx].max()) + 1
         cut = ids[idx, : width + 1]
         out[idx, :width] = token_logprobs(forward(cut) / temperature, cut)
     return out
+
+
+def _masked_sum(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return torch.where(mask, x.float(), 0.0).sum().item()
 
 
 class Learner:
@@ -111,23 +146,26 @@ class Learner:
         self,
         model_path: str,
         optim: OptimConfig,
-        engine: EngineConfig,
+        deepspeed: DeepSpeedConfig,
         loss: PolicyLossConfig,
         *,
         rank: int,
         master_addr: str,
         master_port: int,
         total_steps: int,
+        max_new_tokens: int,
         seed: int = 0,
     ):
         from rlpost.model import load_model
         from rlpost.tokenizer import load_tokenizer
 
-        self.rank, self.world_size, self.loss_cfg = rank, engine.world_size, loss
+        self.rank, self.world_size, self.loss_cfg = rank, deepspeed.world_size, loss
+        # The 'seq-mean-token-sum-norm' normaliser: the generation length limit (Dr. GRPO).
+        self.max_new_tokens = max_new_tokens
         self.trainer = DeepSpeedTrainer(
             model_path,
             optim,
-            engine,
+            deepspeed,
             total_steps=total_steps,
             micro_batch_size=loss.micro_batch_size,
             rank=rank,
@@ -138,20 +176,33 @@ class Learner:
         self.tokenizer = load_tokenizer(model_path)
         self.reference = None
         if loss.kl_coef > 0:  # the frozen starting policy; skipped entirely when there is no KL term
-            self.reference = load_model(model_path, "bfloat16" if engine.bf16 else "float32").eval()
+            self.reference = load_model(model_path, "bfloat16" if deepspeed.bf16 else "float32").eval()
             self.reference.requires_grad_(False)
+        # Token-weighted means reported by `train`, summed over micro-batches and ranks.
+        self.token_metrics = ["entropy", "clip_frac", "logprob_gap"]
+        if self.reference is not None:
+            self.token_metrics.append("kl")
+        if loss.tis_cap > 0:
+            self.token_metrics += ["tis/weight_mean", "tis/capped_frac"]
         self.weight_group = None
+        self.weight_specs = None
 
     # -- the update ----------------------------------------------------------------------------
     def train(self, trajectories: list[Trajectory], temperature: float = 1.0) -> dict:
-        """PPO-clip policy-gradient update on this rank's shard; returns metrics (rank-local).
+        """PPO-clip policy-gradient update on this rank's shard; returns metrics.
 
         `temperature` is the sampling temperature: the policy being trained is the tempered one,
-        whose logprobs are what vLLM reports for the sampled tokens."""
+        whose logprobs are what vLLM reports for the sampled tokens. `loss` is the mean over
+        optimizer steps of the mini-batch's global aggregate; the token metrics are means over all
+        ranks' tokens; `grad_norm` is DeepSpeed's global norm; `time/*` are this rank's."""
         cfg = self.loss_cfg
+        if len(trajectories) < self.world_size:
+            raise ValueError(f"{len(trajectories)} trajectories for {self.world_size} learner ranks")
         shard = trajectories[self.rank :: self.world_size]
         batch = pack(shard, self.tokenizer.pad_token_id)
-        n = len(shard)
+        # Every gradient reduction (and, under ZeRO-3, every forward) is a collective, so all ranks
+        # run as many micro-batches as the largest shard needs; the shard sizes are known locally.
+        largest_shard = math.ceil(len(trajectories) / self.world_size)
         timings = {}
         t0 = time.perf_counter()
         ref_lp = None
@@ -168,71 +219,93 @@ class Learner:
         # detached logprobs of the same forward pass. Otherwise compute them once up front.
         old_lp = None
         if cfg.ppo_epochs * cfg.mini_batches > 1:
-            self.trainer.engine.eval()
-            old_lp = packed_logprobs(self.trainer.logits, batch, cfg.micro_batch_size, temperature)
+            self.trainer.train_mode(False)
+            passes = math.ceil(largest_shard / cfg.micro_batch_size)
+            old_lp = packed_logprobs(self.trainer.logits, batch, cfg.micro_batch_size, temperature, passes)
 
-        stats: dict[str, list[float]] = {
-            k: [] for k in ("loss", "kl", "entropy", "clip_frac", "logprob_gap", "grad_norm")
-        }
-        self.trainer.engine.train()
+        largest_minis = [len(m) for m in torch.tensor_split(torch.arange(largest_shard), cfg.mini_batches)]
+        sums = dict.fromkeys(["tokens", *self.token_metrics], 0.0)
+        step_sums, step_counts, grad_norms = [], [], []
+        self.trainer.train_mode()
         for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(n) if epoch > 0 else torch.arange(n)
-            for mini in torch.tensor_split(order, cfg.mini_batches):
-                if len(mini) == 0:
-                    continue
-                valid_tokens = batch["mask"][mini].sum().clamp(min=1)
-                # Micro-batches of similar lengths, each cut to its longest sample: less padding.
-                mini = mini[batch["last"][mini].argsort(stable=True)]
-                micro = _micro_batches(len(mini), cfg.micro_batch_size)
-                for j, sl in enumerate(micro):
-                    idx = mini[sl]
-                    self.trainer.engine.set_gradient_accumulation_boundary(j == len(micro) - 1)
-                    loss, m = self._micro_loss(batch, idx, old_lp, ref_lp, temperature)
-                    # Scale so the accumulated gradient equals the mini-batch aggregate.
-                    if cfg.loss_agg == "token-mean":
-                        weight = batch["mask"][idx].sum() / valid_tokens
-                    else:
-                        weight = torch.tensor(len(idx) / len(mini))
-                    self.trainer.engine.backward(loss * weight)
-                    self.trainer.engine.step()
-                    for k, v in m.items():
-                        stats[k].append(v)
-                grad_norm = self.trainer.engine.get_global_grad_norm()
-                stats["grad_norm"].append(float(grad_norm) if grad_norm is not None else math.nan)
+            order = torch.randperm(len(shard)) if epoch > 0 else torch.arange(len(shard))
+            for mini, largest_mini in zip(torch.tensor_split(order, cfg.mini_batches), largest_minis):
+                if largest_mini == 0:
+                    continue  # empty on every rank
+                parts = length_sorted_parts(mini, batch["last"], math.ceil(largest_mini / cfg.micro_batch_size))
+                step_sum, count = self._optimizer_step(batch, mini, parts, old_lp, ref_lp, temperature, sums)
+                step_sums.append(step_sum)
+                step_counts.append(count)
+                grad_norms.append(self.trainer.grad_norm())
         timings["time/train"] = time.perf_counter() - t0
-        out = {k: float(sum(v) / len(v)) if v else math.nan for k, v in stats.items()}
-        out["lr"] = self.trainer.scheduler.get_last_lr()[0]
-        out["train_tokens"] = int(batch["mask"].sum())
+
+        # One all-reduce for every reported sum.
+        totals = self.trainer.sum_over_ranks(torch.tensor([*step_sums, *sums.values()], dtype=torch.float64))
+        step_losses = [s / max(c, 1.0) for s, c in zip(totals[: len(step_sums)].tolist(), step_counts)]
+        token_sums = dict(zip(sums, totals[len(step_sums) :].tolist()))
+        tokens = max(token_sums.pop("tokens"), 1.0)
+        out = {k: v / tokens for k, v in token_sums.items()}
+        out["loss"] = sum(step_losses) / len(step_losses) if step_losses else math.nan
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+        out["lr"] = self.trainer.lr()
+        out["train_tokens"] = sum(sum(t.completion_mask) for t in trajectories)
         return {**out, **timings}
 
-    def _micro_loss(self, batch, idx, old_lp, ref_lp, temperature):
+    def _optimizer_step(self, batch, mini, parts, old_lp, ref_lp, temperature, sums) -> tuple[float, float]:
+        """One optimizer step on the mini-batch `mini` (indices into this rank's shard), split
+        into the micro-batches `parts`; adds the token metrics' sums into `sums`. Returns this
+        rank's loss sum and the count over all ranks that the mini-batch's loss is divided by."""
+        cfg = self.loss_cfg
+        count = self.trainer.sum_over_ranks(loss_count(batch["mask"][mini], cfg.loss_agg, self.max_new_tokens))
+        # DeepSpeed averages gradients over the ranks: world_size / count makes that average the
+        # gradient of the sum over all ranks divided by the global count.
+        scale = self.world_size / count.clamp(min=1)
+        step_sum = 0.0
+        for j, idx in enumerate(parts):
+            # A rank with fewer samples than parts takes part with a zero-weighted pass.
+            filler = len(idx) == 0
+            per_token, mask, stats = self._micro_batch_loss(
+                batch, torch.tensor([0]) if filler else idx, old_lp, ref_lp, temperature
+            )
+            part_sum = loss_sum(per_token, mask, cfg.loss_agg)
+            self.trainer.backward(part_sum * (0.0 if filler else scale), last_micro_batch=j == len(parts) - 1)
+            if not filler:
+                step_sum += part_sum.item()
+                for k, v in stats.items():
+                    sums[k] += v
+        return step_sum, count.item()
+
+    def _micro_batch_loss(self, batch, idx, old_lp, ref_lp, temperature):
+        """Per-token loss and mask of the samples `idx` (cut to the longest), and masked sums of
+        the token metrics."""
         cfg = self.loss_cfg
         width = int(batch["last"][idx].max()) + 1  # logprob columns; the rest is padding
         input_ids = batch["input_ids"][idx, : width + 1]
         mask = batch["mask"][idx, :width]
+        sampling = batch["sampling_logprobs"][idx, :width]
         logits = self.trainer.logits(input_ids) / temperature
         logprobs = token_logprobs(logits, input_ids)
         old = old_lp[idx, :width] if old_lp is not None else logprobs.detach()
-        per_token, clipped = ppo_clip_loss(logprobs, old, batch["advantages"][idx], cfg.clip_low, cfg.clip_high)
-        metrics = {}
+        advantages = batch["advantages"][idx, :width]
+        per_token, clipped = ppo_clip_loss(logprobs, old, advantages, cfg.clip_low, cfg.clip_high)
+        stats = {"tokens": mask.sum().item(), "clip_frac": _masked_sum(clipped, mask)}
+        if cfg.tis_cap > 0:
+            weights = truncated_importance_weights(old, sampling, cfg.tis_cap)
+            per_token = per_token * weights
+            stats["tis/weight_mean"] = _masked_sum(weights, mask)
+            stats["tis/capped_frac"] = _masked_sum(old - sampling > math.log(cfg.tis_cap), mask)
         if ref_lp is not None:
             kl = kl_penalty(logprobs, ref_lp[idx, :width], cfg.kl_estimator)
             per_token = per_token + cfg.kl_coef * kl
-            metrics["kl"] = masked_mean(kl.detach(), mask).item()
-        loss = aggregate_loss(per_token, mask, cfg.loss_agg, max_len=cfg.max_len)
+            stats["kl"] = _masked_sum(kl.detach(), mask)
         with torch.no_grad():
-            probs_logits = logits[:, :-1].float()
-            entropy = torch.logsumexp(probs_logits, -1) - (probs_logits.softmax(-1) * probs_logits).sum(-1)
+            token_logits = logits[:, :-1].float()
+            entropy = torch.logsumexp(token_logits, -1) - (token_logits.softmax(-1) * token_logits).sum(-1)
+            stats["entropy"] = _masked_sum(entropy, mask)
             # Training/inference mismatch: how far the learner's probability of each sampled
             # token is from the probability vLLM sampled it with.
-            gap = (logprobs.detach() - batch["sampling_logprobs"][idx, :width]).exp().sub(1).abs()
-        metrics.update(
-            loss=loss.item(),
-            entropy=masked_mean(entropy, mask).item(),
-            clip_frac=masked_mean(clipped.float(), mask).item(),
-            logprob_gap=masked_mean(gap, mask).item(),
-        )
-        return loss, metrics
+            stats["logprob_gap"] = _masked_sum((logprobs.detach() - sampling).exp().sub(1).abs(), mask)
+        return per_token, mask, stats
 
     # -- weights -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor] | None:
@@ -240,26 +313,27 @@ class Learner:
         state = self.trainer.full_state_dict()
         return state if self.rank == 0 else None
 
-    def init_weight_group(self, master_addr: str, master_port: int, world_size: int, backend: str) -> None:
-        from rlpost.weight_sync import create_weight_group
-
-        if self.rank == 0:
-            self.weight_group = create_weight_group(master_addr, master_port, 0, world_size, backend)
-
-    def weight_specs(self):
-        from rlpost.weight_sync import weight_specs
+    def init_weight_group(self, master_addr: str, master_port: int, world_size: int, backend: str):
+        """Rank 0 joins the rollout workers' weight-broadcast group; every rank must call (ZeRO-3
+        gathers). Returns the weights' specs on rank 0 (None elsewhere): the receivers need them
+        for every `broadcast_weights`, and names, shapes and dtypes never change."""
+        from rlpost.weight_sync import create_weight_group, weight_specs
 
         state = self.trainer.full_state_dict()
-        return weight_specs(state) if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        self.weight_specs = weight_specs(state)
+        self.weight_group = create_weight_group(master_addr, master_port, 0, world_size, backend)
+        return self.weight_specs
 
     def broadcast_weights(self) -> float:
-        """Rank 0 broadcasts the current weights to the rollout workers' group."""
+        """Rank 0 broadcasts the current weights to the rollout workers' group; returns seconds."""
         from rlpost.weight_sync import broadcast_weights
 
         t0 = time.perf_counter()
         state = self.trainer.full_state_dict()
         if self.rank == 0:
-            broadcast_weights(self.weight_group, state)
+            broadcast_weights(self.weight_group, state, self.weight_specs)
         return time.perf_counter() - t0
 
     # -- checkpoints ---------------------------------------------------------------------------

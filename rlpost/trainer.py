@@ -1,8 +1,9 @@
-"""A causal LM under DeepSpeed: the one training engine behind pretraining, SFT and the RL learner.
+"""A causal LM under DeepSpeed: the one trainer behind pretraining, SFT and the RL learner.
 
-`DeepSpeedTrainer` owns the engine (ZeRO stage and bf16 from config; gloo on CPU, NCCL on GPU),
-computes token log-probabilities, takes optimizer steps, and writes atomic checkpoints
-(HF weights + DeepSpeed optimizer state + RNG + caller state) that `load_latest` resumes.
+`DeepSpeedTrainer` owns the DeepSpeed engine (ZeRO stage and bf16 from config; gloo on CPU,
+NCCL on GPU), computes token log-probabilities, takes optimizer steps, and writes atomic
+checkpoints (HF weights + DeepSpeed optimizer state + RNG + caller state) that `load_latest`
+resumes.
 In pretraining and SFT it runs in the recipe's process (world size 1); the RL learner runs one
 per rank inside Ray actors with the same code.
 """
@@ -38,7 +39,7 @@ class OptimConfig:
 
 
 @dataclass
-class EngineConfig:
+class DeepSpeedConfig:
     zero_stage: int = doc("DeepSpeed ZeRO stage (0, 2 or 3).", 0)
     bf16: bool = doc(
         "Train in bf16 (2.5x faster than fp32 on AVX-512-bf16 CPUs); weights are kept in fp32 by the optimizer.", True
@@ -55,9 +56,9 @@ class EngineConfig:
         from rlpost.config import ConfigError
 
         if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"engine.zero_stage: {self.zero_stage} is not one of [0, 1, 2, 3]")
+            raise ConfigError(f"deepspeed.zero_stage: {self.zero_stage} is not one of [0, 1, 2, 3]")
         if self.dist_backend not in ("gloo", "nccl"):
-            raise ConfigError(f"engine.dist_backend: {self.dist_backend!r} is not one of ['gloo', 'nccl']")
+            raise ConfigError(f"deepspeed.dist_backend: {self.dist_backend!r} is not one of ['gloo', 'nccl']")
 
 
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
@@ -107,7 +108,7 @@ class DeepSpeedTrainer:
         self,
         model_path: str,
         optim: OptimConfig,
-        engine_cfg: EngineConfig,
+        deepspeed_cfg: DeepSpeedConfig,
         *,
         total_steps: int,
         micro_batch_size: int,
@@ -115,23 +116,20 @@ class DeepSpeedTrainer:
         master_addr: str = "127.0.0.1",
         master_port: int | None = None,
         seed: int = 0,
-        gradient_checkpointing: bool = False,
     ):
         import deepspeed
 
         from rlpost.model import load_model
 
-        torch.set_num_threads(engine_cfg.threads)
+        torch.set_num_threads(deepspeed_cfg.threads)
         torch.manual_seed(seed + rank)
         if master_port is None:  # a single local rank: any free port will do
             from rlpost.weight_sync import free_port
 
             master_port = free_port()
-        init_distributed(rank, engine_cfg.world_size, master_addr, master_port, engine_cfg.dist_backend)
-        self.rank, self.optim_cfg = rank, optim
+        init_distributed(rank, deepspeed_cfg.world_size, master_addr, master_port, deepspeed_cfg.dist_backend)
+        self.rank = rank
         model = load_model(model_path)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable()
         self.model_config = model.config
         # Plain torch AdamW: DeepSpeed's FusedAdam would JIT-build for ~3.5 minutes on CPU for no gain here.
         optimizer = torch.optim.AdamW(
@@ -142,8 +140,8 @@ class DeepSpeedTrainer:
             "train_micro_batch_size_per_gpu": micro_batch_size,
             "gradient_accumulation_steps": 1,
             "gradient_clipping": optim.grad_clip,
-            "zero_optimization": {"stage": engine_cfg.zero_stage},
-            "bf16": {"enabled": engine_cfg.bf16},
+            "zero_optimization": {"stage": deepspeed_cfg.zero_stage},
+            "bf16": {"enabled": deepspeed_cfg.bf16},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -151,7 +149,7 @@ class DeepSpeedTrainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
-        if not engine_cfg.bf16 and engine_cfg.zero_stage == 0:
+        if not deepspeed_cfg.bf16 and deepspeed_cfg.zero_stage == 0:
             # DeepSpeed's plain fp32 path clips the gradients but drops their norm, so
             # get_global_grad_norm() would be None: clip here and keep it.
             engine = self.engine
@@ -162,27 +160,46 @@ class DeepSpeedTrainer:
                 )
 
             engine.clip_fp32_gradients = clip_and_keep_norm
-        self.compute_dtype = torch.bfloat16 if engine_cfg.bf16 else torch.float32
 
     # -- compute ---------------------------------------------------------------------------------
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # No attention mask: batches are right-padded, and causal attention keeps padding out of
+        # every real token's logits.
+        return self.engine(input_ids=input_ids, use_cache=False).logits
 
-    def step(self, loss: torch.Tensor) -> dict:
-        """Backward + optimizer step (gradient clipping and the LR schedule included)."""
+    def train_mode(self, training: bool = True) -> None:
+        """Training (dropout on) or evaluation mode of the model."""
+        self.engine.train(training)
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool = True) -> None:
+        """Accumulate the gradient of `loss`; after a mini-batch's last micro-batch, step.
+
+        At that boundary DeepSpeed averages the accumulated gradients over the data-parallel
+        ranks, clips them, and steps the optimizer and the LR schedule."""
+        self.engine.set_gradient_accumulation_boundary(last_micro_batch)
         self.engine.backward(loss)
-        self.engine.step()
-        grad_norm = self.engine.get_global_grad_norm()
-        return {
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "lr": self.scheduler.get_last_lr()[0],
-        }
+        self.engine.step()  # an optimizer step only at the boundary; DeepSpeed wants it every micro-batch
 
-    def train_lm_batch(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, attention_mask=None) -> dict:
+    def grad_norm(self) -> float:
+        """Global gradient norm before clipping, of the last optimizer step (NaN if not reported)."""
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of a small tensor over all ranks (a new CPU tensor); every rank must call."""
+        reduced = values.to(self.engine.device, copy=True)  # NCCL reduces GPU tensors only
+        torch.distributed.all_reduce(reduced)
+        return reduced.cpu()
+
+    def train_lm_batch(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> dict:
         """One optimizer step of masked next-token cross-entropy (pretraining and SFT)."""
-        self.engine.train()
-        loss = masked_lm_loss(self.logits(input_ids, attention_mask), input_ids, loss_mask)
-        return {"loss": loss.item(), **self.step(loss)}
+        self.train_mode()
+        loss = masked_lm_loss(self.logits(input_ids), input_ids, loss_mask)
+        self.backward(loss)
+        return {"loss": loss.item(), "grad_norm": self.grad_norm(), "lr": self.lr()}
 
     # -- weights and checkpoints -------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor]:

@@ -17,11 +17,11 @@ Usage (the driver; every call of one round must be in flight at the same time)::
     port = free_port()
     refs = [w.init_weight_group.remote(addr, port, i + 1, n + 1) for i, w in enumerate(workers)]
     group = create_weight_group(addr, port, 0, n + 1)      # on the learner's rank 0
+    specs = weight_specs(state)                             # once: names, shapes, dtypes never change
     ray.get(refs)
     ...
-    specs = weight_specs(state)                             # every step
     refs = [w.receive_weights.remote(specs) for w in workers]
-    broadcast_weights(group, state)                         # on the learner's rank 0
+    broadcast_weights(group, state, specs)                  # every sync, on the learner's rank 0
     ray.get(refs)
 """
 
@@ -172,16 +172,22 @@ def plan_buckets(specs: list[WeightSpec], bucket_bytes: int = DEFAULT_BUCKET_BYT
 def broadcast_weights(
     group: WeightGroup,
     named_tensors: Mapping[str, torch.Tensor],
+    specs: list[WeightSpec] | None = None,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
 ) -> list[WeightSpec]:
     """Send `named_tensors` from rank 0 to every other rank of `group`; returns the specs sent.
 
     The receivers must be inside `receive_broadcast` with the same specs (see `weight_specs`).
+    `specs`, the ones the receivers were given, are checked against `named_tensors` first: a
+    mismatch fails here instead of filling the receivers' buffers with the wrong bytes.
     Tensors travel in their own dtype: cast them first to halve the bytes if the engine is bf16.
     """
     if group.rank != 0:
         raise RuntimeError("broadcast_weights is for rank 0 (the learner); other ranks receive")
-    specs = weight_specs(named_tensors)
+    sent = weight_specs(named_tensors)
+    if specs is not None and [(n, tuple(shape), dt) for n, shape, dt in specs] != sent:
+        raise ValueError("the weights to broadcast do not match the specs the receivers were given")
+    specs = sent
     for entries, size in plan_buckets(specs, bucket_bytes):
         buf = torch.empty(size, dtype=torch.uint8, device=group.device)
         for (name, _, _), offset in entries:

@@ -14,10 +14,12 @@ from rlpost.algorithms import (
     gae_advantages,
     grpo_advantages,
     kl_penalty,
+    loss_count,
+    loss_sum,
     masked_mean,
-    overlong_penalty,
     ppo_clip_loss,
     rloo_advantages,
+    truncated_importance_weights,
     truncation_mask,
     value_loss,
     zero_variance_groups,
@@ -135,6 +137,15 @@ def test_ppo_clip_higher_and_per_token_advantage():
     assert clipped.tolist() == [[True, True, True, False]]
 
 
+def test_truncated_importance_weights():
+    # pi_old / pi_sampler = 0.5, 3, 1 and e^100 (overflow-safe), capped at 2
+    old = torch.tensor([[math.log(0.5), math.log(3.0) - 1.0, -2.0, 0.0]], requires_grad=True)
+    sampling = torch.tensor([[0.0, -1.0, -2.0, -100.0]])
+    weights = truncated_importance_weights(old, sampling, cap=2.0)
+    close(weights, [[0.5, 2.0, 1.0, 2.0]])
+    assert not weights.requires_grad  # a constant factor of the loss, not a path for gradients
+
+
 def test_value_loss():
     values = torch.tensor([[1.0, 0.5, 0.0, 2.0]])
     old = torch.full((1, 4), 0.5)
@@ -177,6 +188,31 @@ def test_aggregate_loss_modes():
     assert LOSS_AGG_MODES == ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
+def test_loss_sum_over_loss_count_is_aggregate_loss():
+    # the rows of test_aggregate_loss_modes: token-mean 10 / 4 tokens; seq-mean-token-mean
+    # (6/3 + 4/1) / 2 sequences with a token; seq-mean-token-sum-norm 10 / (3 rows * 4)
+    loss = torch.tensor([[1.0, 2, 3], [4, NAN, 0], [NAN, 9, 9]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    expected = {"token-mean": (10, 4), "seq-mean-token-mean": (6, 2), "seq-mean-token-sum-norm": (10, 12)}
+    for mode, (total, count) in expected.items():
+        close(loss_sum(loss, mask, mode), total)
+        close(loss_count(mask, mode, max_len=4), count)
+        close(loss_sum(loss, mask, mode) / loss_count(mask, mode, max_len=4), aggregate_loss(loss, mask, mode, 4))
+
+
+def test_sums_and_counts_of_a_split_batch_give_the_whole_batch_aggregate():
+    # What the learner relies on: micro-batches and ranks add up their sums and counts.
+    torch.manual_seed(0)
+    loss = torch.randn(7, 6)
+    mask = torch.rand(7, 6) > 0.4
+    mask[3] = False  # a sequence the caller excluded
+    for mode in LOSS_AGG_MODES:
+        parts = [slice(0, 1), slice(1, 4), slice(4, 7)]
+        total = sum(loss_sum(loss[p], mask[p], mode) for p in parts)
+        count = sum(loss_count(mask[p], mode, max_len=6) for p in parts)
+        close(total / count, aggregate_loss(loss, mask, mode, max_len=6))
+
+
 def test_aggregate_loss_all_masked_is_zero():
     loss = torch.ones(2, 3, requires_grad=True)
     mask = torch.zeros(2, 3, dtype=torch.bool)
@@ -207,14 +243,6 @@ def test_masked_mean_dim():
 def test_zero_variance_groups():
     rewards = torch.tensor([1.0, 1, 1, 0, 1, 0, NAN, 2, 2, NAN, NAN, NAN, NAN, 1, 0])
     assert zero_variance_groups(rewards, 3).tolist() == [True, False, True, True, False]
-
-
-def test_overlong_penalty():
-    # max_len 16, buffer 4: free up to 12, linear to -penalty at 16
-    lengths = torch.tensor([10, 12, 13, 14, 16, 20])
-    close(overlong_penalty(lengths, 16, 4, 1.0), [0, 0, -0.25, -0.5, -1, -1])
-    close(overlong_penalty(lengths, 16, 4, 0.5), [0, 0, -0.125, -0.25, -0.5, -0.5])
-    close(overlong_penalty(lengths, 16, 0, 1.0), [0, 0, 0, 0, 0, -1])
 
 
 def test_truncation_mask():

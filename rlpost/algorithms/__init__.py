@@ -1,5 +1,6 @@
 """RL post-training algorithms as pure torch functions: advantages, policy and
-value losses, KL estimators, loss aggregation and sample filtering."""
+value losses, importance weights, KL estimators, loss aggregation and sample
+filtering."""
 
 from .advantages import (
     ADVANTAGE_ESTIMATORS,
@@ -8,10 +9,10 @@ from .advantages import (
     grpo_advantages,
     rloo_advantages,
 )
-from .aggregation import LOSS_AGG_MODES, aggregate_loss, masked_mean
-from .filtering import overlong_penalty, truncation_mask, zero_variance_groups
+from .aggregation import LOSS_AGG_MODES, aggregate_loss, loss_count, loss_sum, masked_mean
+from .filtering import truncation_mask, zero_variance_groups
 from .kl import KL_ESTIMATORS, kl_penalty
-from .policy_loss import ppo_clip_loss, value_loss
+from .policy_loss import ppo_clip_loss, truncated_importance_weights, value_loss
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -22,10 +23,12 @@ __all__ = [
     "gae_advantages",
     "grpo_advantages",
     "kl_penalty",
+    "loss_count",
+    "loss_sum",
     "masked_mean",
-    "overlong_penalty",
     "ppo_clip_loss",
     "rloo_advantages",
+    "truncated_importance_weights",
     "truncation_mask",
     "value_loss",
     "zero_variance_groups",

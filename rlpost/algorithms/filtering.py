@@ -1,4 +1,4 @@
-"""Sample selection and length shaping from DAPO (Yu et al. 2025, "DAPO: An
+"""Sample selection from DAPO (Yu et al. 2025, "DAPO: An
 Open-Source LLM Reinforcement Learning System at Scale")."""
 
 import torch
@@ -23,21 +23,6 @@ def zero_variance_groups(rewards, group_size):
     lo = torch.where(valid, r, inf).amin(dim=1)
     # With no valid member, hi = -inf < lo = +inf, which also reads as "no spread".
     return ~(hi > lo)
-
-
-def overlong_penalty(lengths, max_len, buffer_len, penalty):
-    """DAPO soft overlong punishment, a reward term in [-penalty, 0] per sample.
-
-    0 while length <= max_len - buffer_len, then linear down to -penalty at
-    length == max_len, and -penalty beyond. This tells the policy that it is
-    getting too long before it is cut off. penalty is the magnitude (>= 0);
-    buffer_len = 0 gives a hard step at max_len.
-    """
-    lengths = torch.as_tensor(lengths, dtype=torch.float32)
-    if buffer_len <= 0:
-        return torch.where(lengths > max_len, -float(penalty), 0.0)
-    over = (lengths - (max_len - buffer_len)) / buffer_len
-    return -penalty * over.clamp(0.0, 1.0)
 
 
 def truncation_mask(finish_reasons):

@@ -1,4 +1,7 @@
-"""PPO-style surrogate losses for the policy and the critic."""
+"""PPO-style surrogate losses for the policy and the critic, and the importance
+weights that correct for samples drawn by a different policy."""
+
+import math
 
 import torch
 
@@ -43,3 +46,21 @@ def value_loss(values, old_values, returns, mask, clip=0.2):
     values_clipped = old_values + (values - old_values).clamp(-clip, clip)
     loss = 0.5 * torch.maximum((values - returns) ** 2, (values_clipped - returns) ** 2)
     return torch.where(mask.bool(), loss, torch.zeros_like(loss))
+
+
+@torch.no_grad()
+def truncated_importance_weights(old_logprobs, sampling_logprobs, cap):
+    """Per-token truncated importance weights min(pi_old / pi_sampler, cap), detached.
+
+    Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy
+    RL Training": the rollout engine samples with weights that may be stale or
+    computed by different kernels than the learner's, so the tokens come from
+    pi_sampler, not from pi_old that the PPO ratio assumes. Weighting each token's
+    loss by pi_old / pi_sampler corrects that; truncating at `cap` bounds the
+    variance (the weight is a constant factor, no gradient flows through it).
+
+    old_logprobs, sampling_logprobs: [B, T] (any matching shape); cap > 0. The
+    ratio is capped in log space, so garbage in masked positions cannot overflow
+    to inf (an inf weight times a zero mask gradient would be NaN).
+    """
+    return torch.exp((old_logprobs - sampling_logprobs).clamp(max=math.log(cap)))
