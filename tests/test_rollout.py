@@ -8,7 +8,6 @@ The engines run in Ray actors so this test process never imports vLLM (in-proces
 patch torch and create a torch.distributed world here, under other tests' feet).
 """
 
-
 import pytest
 import torch
 
