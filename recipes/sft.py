@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rlpost.cache import apply_cache_env
 from rlpost.cluster import VLLMConfig
-from rlpost.config import doc, parse_config, save_config, section
+from rlpost.config import ConfigError, doc, parse_config, save_config, section
 from rlpost.evaluate import EvalConfig
 from rlpost.metrics import LoggingConfig
 from rlpost.tools import ToolConfig
@@ -97,11 +97,15 @@ def main(cfg: SFTConfig) -> dict:
     import ray
 
     from rlpost.cluster import init_ray, start_rollout_workers
+    from rlpost.config import check_path
     from rlpost.evaluate import evaluate, format_table
     from rlpost.metrics import MetricsLogger, read_metrics, write_json
     from rlpost.tokenizer import load_tokenizer
     from rlpost.trainer import DeepSpeedTrainer, train_lm
 
+    check_path("model_path", cfg.model_path)
+    for i, path in enumerate(cfg.data.conversations):
+        check_path(f"data.conversations[{i}]", path)
     run_dir = Path(cfg.run_dir)
     save_config(cfg, run_dir / "config.yaml")
     tokenizer = load_tokenizer(cfg.model_path)
@@ -111,7 +115,7 @@ def main(cfg: SFTConfig) -> dict:
         f"{cfg.train.steps * cfg.train.batch_size / len(examples):.1f} epochs"
     )
 
-    init_ray()
+    init_ray(run_log=run_dir / "actors.log")  # the rollout worker's library output stays off the console
     worker = start_rollout_workers(cfg.model_path, dataclasses.replace(cfg.vllm, num_workers=1))[0]
     checkpoint_problems = held_out(cfg.data.tasks, cfg.checkpoint_eval.problems_per_task)
 
@@ -189,4 +193,7 @@ def main(cfg: SFTConfig) -> dict:
 
 if __name__ == "__main__":
     apply_cache_env()
-    main(parse_config(SFTConfig))
+    try:
+        main(parse_config(SFTConfig))
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
