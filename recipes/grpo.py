@@ -61,8 +61,8 @@ class GRPOConfig:
                 raise ConfigError(f"{key}: must be 0 or more, got {getattr(self, key)}")
         if self.sync.every > 1 and self.loss.tis_cap <= 0:
             raise ConfigError(
-                f"sync.every: {self.sync.every} lets the engines sample with weights up to {self.sync.every - 1} "
-                "updates old; set loss.tis_cap (e.g. 2.0) so the learner corrects for it"
+                f"sync.every: {self.sync.every} lets the engines sample with weights older than the learner's; "
+                "set loss.tis_cap (e.g. 2.0) so the learner corrects for it"
             )
 
 

@@ -119,7 +119,11 @@ class VLLMConfig:
     num_workers: int = doc("Rollout workers (one vLLM engine each).", 1)
     num_cpus: float = doc("Ray CPUs reserved per rollout worker; fractions let phases time-share a small box.", 1.0)
     num_gpus: float = doc("GPUs per rollout worker (0 on CPU).", 0.0)
-    dtype: str = doc("Engine dtype: 'bfloat16' (fast on AVX-512-bf16 CPUs and GPUs) or 'float32'.", "bfloat16")
+    dtype: str = doc(
+        "Engine dtype: 'bfloat16' (fast on AVX-512-bf16 CPUs and GPUs; float32 where the device has no bf16 "
+        "arithmetic) or 'float32'.",
+        "bfloat16",
+    )
     max_model_len: int = doc("Prompt + completion tokens the engine accepts.", 1024)
     kv_cache_gib: float = doc("KV cache size in GiB (committed at start on CPU).", 1.0)
     enforce_eager: bool = doc("Skip torch.compile (compiling adds 15-50 s per engine start on CPU).", True)

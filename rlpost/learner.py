@@ -176,7 +176,7 @@ class Learner:
         self.tokenizer = load_tokenizer(model_path)
         self.reference = None
         if loss.kl_coef > 0:  # the frozen starting policy; skipped entirely when there is no KL term
-            self.reference = load_model(model_path, "bfloat16" if deepspeed.bf16 else "float32").eval()
+            self.reference = load_model(model_path, "bfloat16" if self.trainer.bf16 else "float32").eval()
             self.reference.requires_grad_(False)
         # Token-weighted means reported by `train`, summed over micro-batches and ranks.
         self.token_metrics = ["entropy", "clip_frac", "logprob_gap"]

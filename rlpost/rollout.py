@@ -31,6 +31,7 @@ import torch
 
 from rlpost import weight_sync
 from rlpost.cache import cache_root
+from rlpost.model import bf16_is_native
 from rlpost.tokenizer import OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START
 from rlpost.tools import PythonTool, ToolConfig
 
@@ -194,6 +195,9 @@ class RolloutWorker:
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 
         max_model_len = _fit_max_model_len(model_path, max_model_len)
+        if dtype == "bfloat16" and not bf16_is_native():
+            logger.warning("vllm.dtype: this device has no bf16 arithmetic; the engine runs in float32")
+            dtype = "float32"
         from vllm import LLM
 
         t0 = time.perf_counter()

@@ -42,7 +42,9 @@ class OptimConfig:
 class DeepSpeedConfig:
     zero_stage: int = doc("DeepSpeed ZeRO stage (0, 2 or 3).", 0)
     bf16: bool = doc(
-        "Train in bf16 (2.5x faster than fp32 on AVX-512-bf16 CPUs); weights are kept in fp32 by the optimizer.", True
+        "Train in bf16 (2.5x faster than fp32 on AVX-512-bf16 CPUs); weights are kept in fp32 by the optimizer. "
+        "On hardware without bf16 arithmetic (e.g. an AVX2-only CPU) training falls back to fp32, which is faster there.",
+        True,
     )
     world_size: int = doc("Learner ranks (processes); each is a Ray actor in RL, 1 in pretrain/SFT recipes.", 1)
     threads: int = doc(
@@ -119,7 +121,7 @@ class DeepSpeedTrainer:
     ):
         import deepspeed
 
-        from rlpost.model import load_model
+        from rlpost.model import bf16_is_native, load_model
 
         torch.set_num_threads(deepspeed_cfg.threads)
         torch.manual_seed(seed + rank)
@@ -129,6 +131,9 @@ class DeepSpeedTrainer:
             master_port = free_port()
         init_distributed(rank, deepspeed_cfg.world_size, master_addr, master_port, deepspeed_cfg.dist_backend)
         self.rank = rank
+        self.bf16 = deepspeed_cfg.bf16 and bf16_is_native()
+        if deepspeed_cfg.bf16 and not self.bf16 and rank == 0:
+            print("deepspeed.bf16: this device has no bf16 arithmetic (AVX-512-bf16, AMX or a GPU); training in fp32")
         model = load_model(model_path)
         self.model_config = model.config
         # Plain torch AdamW: DeepSpeed's FusedAdam would JIT-build for ~3.5 minutes on CPU for no gain here.
@@ -141,7 +146,7 @@ class DeepSpeedTrainer:
             "gradient_accumulation_steps": 1,
             "gradient_clipping": optim.grad_clip,
             "zero_optimization": {"stage": deepspeed_cfg.zero_stage},
-            "bf16": {"enabled": deepspeed_cfg.bf16},
+            "bf16": {"enabled": self.bf16},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -149,7 +154,7 @@ class DeepSpeedTrainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
-        if not deepspeed_cfg.bf16 and deepspeed_cfg.zero_stage == 0:
+        if not self.bf16 and deepspeed_cfg.zero_stage == 0:
             # DeepSpeed's plain fp32 path clips the gradients but drops their norm, so
             # get_global_grad_norm() would be None: clip here and keep it.
             engine = self.engine
