@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlpost.cache import apply_cache_env
-from rlpost.config import doc, parse_config, save_config, section
+from rlpost.config import ConfigError, doc, parse_config, save_config, section
 from rlpost.metrics import LoggingConfig
 from rlpost.trainer import DeepSpeedConfig, OptimConfig
 
@@ -74,6 +74,7 @@ def pack_documents(tokenizer, docs: list[str], seq_len: int) -> list[tuple[list[
 
 
 def main(cfg: PretrainConfig) -> Path:
+    from rlpost.config import check_path
     from rlpost.corpus import synthetic_corpus
     from rlpost.data import read_text_corpus
     from rlpost.metrics import MetricsLogger
@@ -81,6 +82,8 @@ def main(cfg: PretrainConfig) -> Path:
     from rlpost.tokenizer import load_tokenizer, train_tokenizer
     from rlpost.trainer import DeepSpeedTrainer, latest_checkpoint, train_lm
 
+    for i, source in enumerate(cfg.data.corpus):
+        check_path(f"data.corpus[{i}]", source)
     run_dir = Path(cfg.run_dir)
     save_config(cfg, run_dir / "config.yaml")
     docs = synthetic_corpus(cfg.data.synthetic_docs, cfg.train.seed)
@@ -133,4 +136,7 @@ def main(cfg: PretrainConfig) -> Path:
 
 if __name__ == "__main__":
     apply_cache_env()
-    main(parse_config(PretrainConfig))
+    try:
+        main(parse_config(PretrainConfig))
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
