@@ -90,6 +90,11 @@ def ray_head():
 def test_grpo_via_ray_job_submit(ray_head, sft_run, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "grpo_job"
+    # A user's reward file outside the project, with a spread in every group (distinct characters),
+    # so the one step trains whatever the tiny model writes.
+    (tmp_path / "my_rewards.py").write_text(
+        "def variety(prompts, completions, **columns):\n    return [len(set(c)) / 50 for c in completions]\n"
+    )
     command = [
         str(Path(sys.executable).parent / "ray"),
         "job",
@@ -118,7 +123,7 @@ def test_grpo_via_ray_job_submit(ray_head, sft_run, tmp_path):
         "--rollout.max_new_tokens",
         "32",
         "--rewards.functions",
-        "[{name: math}, {name: length, weight: 0.5}]",
+        f"[{{name: math}}, {{name: '{tmp_path}/my_rewards.py:variety', weight: 0.5}}]",
         "--vllm.kv_cache_gib",
         "0.25",
         "--logging.wandb_mode",
@@ -132,5 +137,6 @@ def test_grpo_via_ray_job_submit(ray_head, sft_run, tmp_path):
         time.sleep(2)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "succeeded" in proc.stdout
-    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1]
+    steps = [m for m in metrics(run_dir) if "loss" in m]
+    assert [m["step"] for m in steps] == [1] and "reward/variety" in steps[0]
     assert (run_dir / "model" / "model.safetensors").exists()
