@@ -243,7 +243,7 @@ class RLActors:
             ]
         )
         try:
-            self.reward_names = self.rewards.call("start")[0]
+            self.rewards.call("start")
         except RewardLoadError as error:
             self.shutdown()
             raise ConfigError(f"rewards.functions: {getattr(error, 'cause', error)}") from None
