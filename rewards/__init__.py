@@ -12,7 +12,7 @@ take about a second to import). `BUILTIN_REWARDS` maps the names to the
 functions themselves and imports them all on first use.
 
 "code" runs a completion's program against the sample's tests in the sandbox
-(`sandbox/`).
+(`sandbox/`); "reward_model" scores with a learned reward model (`recipes/reward_model.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ BUILTIN_REFERENCES: dict[str, str] = {
     "length": "rewards.length:length_reward",
     "overlong": "rewards.length:overlong_reward",
     "code": "rewards.code:code_reward",
+    "reward_model": "rewards.reward_model:reward_model_reward",
 }
 
 

@@ -47,16 +47,18 @@ def render_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], lis
     return ids, mask
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Ids of a single-turn prompt followed by the assistant's opening, ready for sampling.
-
-    Works for any chat tokenizer (the tiny one or an HF model's own template)."""
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-    )
+def template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Ids of `messages` rendered with the tokenizer's own chat template (the tiny one or any HF
+    model's)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 may return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Ids of a single-turn prompt followed by the assistant's opening, ready for sampling."""
+    return template_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def read_conversations(path: str) -> list[list[dict]]:

@@ -118,7 +118,10 @@ class DeepSpeedTrainer:
         master_addr: str = "127.0.0.1",
         master_port: int | None = None,
         seed: int = 0,
+        model=None,
     ):
+        """Trains the causal LM at `model_path`, or `model` when given (an already-built HF model,
+        e.g. a reward model with a score head; only its parameters with requires_grad train)."""
         import deepspeed
 
         from rlpost.model import bf16_is_native, load_model
@@ -134,11 +137,14 @@ class DeepSpeedTrainer:
         self.bf16 = deepspeed_cfg.bf16 and bf16_is_native()
         if deepspeed_cfg.bf16 and not self.bf16 and rank == 0:
             print("deepspeed.bf16: this device has no bf16 arithmetic (AVX-512-bf16, AMX or a GPU); training in fp32")
-        model = load_model(model_path)
+        model = model if model is not None else load_model(model_path)
         self.model_config = model.config
         # Plain torch AdamW: DeepSpeed's FusedAdam would JIT-build for ~3.5 minutes on CPU for no gain here.
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay
+            [p for p in model.parameters() if p.requires_grad],
+            lr=optim.lr,
+            betas=(optim.beta1, optim.beta2),
+            weight_decay=optim.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(optim, total_steps))
         ds_config = {
@@ -220,11 +226,9 @@ class DeepSpeedTrainer:
         """Save the current weights as an HF folder (rank 0 writes; all ranks must call)."""
         state = self.full_state_dict()
         if self.rank == 0:
-            from transformers import AutoModelForCausalLM
-
             Path(path).mkdir(parents=True, exist_ok=True)
             with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(self.model_config)
+                model = type(self.engine.module)(self.model_config)
             model.load_state_dict(state, assign=True)
             model.tie_weights()
             model.save_pretrained(str(path), safe_serialization=True)

@@ -42,10 +42,11 @@ BUILTIN_CASES = {
 
 
 def test_every_builtin_has_a_case():
-    assert set(BUILTIN_REFERENCES) == set(BUILTIN_CASES)
+    # "reward_model" needs a trained reward model folder: tests/test_reward_model.py covers it.
+    assert set(BUILTIN_REFERENCES) - {"reward_model"} == set(BUILTIN_CASES)
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_REFERENCES))
+@pytest.mark.parametrize("name", sorted(BUILTIN_CASES))
 def test_every_builtin_loads_by_name_and_scores(name):
     from rlpost.reward_refs import call_reward_fn, load_reward_fn
 

@@ -1,0 +1,220 @@
+"""Reward models from rankings: the recipe end to end, the saved folder, the card, and RL against
+the learned reward through the real reward workers.
+
+The rankings here are made by the SIMULATED labeler (`rlpost.simulated_labeler`) from
+hand-varied worked solutions, so the test knows the preference the model should learn."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from conftest import load_recipe, metrics, run_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def variants(problem) -> list[str]:
+    """Four answers to one arithmetic problem that the simulated labeler tells apart: with a unit,
+    the plain worked solution, one with a false step, and one with a wrong final answer."""
+    from rlpost.tasks import STEP
+
+    unit = re.search(r"\$|(\w+)\?$", problem.prompt)
+    with_unit = problem.solution[:-1] + (f" {unit.group(1)}." if unit and unit.group(1) else ".")
+    if unit and unit.group(0) == "$":
+        with_unit = problem.solution.replace(f"is {problem.answer}.", f"is ${problem.answer}.")
+    false_step = STEP.sub(lambda m: f"{m[1]} {m[2]} {m[3]} = {int(m[4]) + 1}", problem.solution, count=1)
+    wrong = problem.solution.replace(f"is {problem.answer}.", f"is {int(problem.answer) + 3}.")
+    return [with_unit, problem.solution, false_step, wrong]
+
+
+@pytest.fixture(scope="module")
+def rankings_file(tmp_path_factory):
+    from rlpost.simulated_labeler import label
+    from rlpost.tasks import make_problems
+
+    path = tmp_path_factory.mktemp("rankings") / "simulated.jsonl"
+    with open(path, "w") as f:
+        for p in make_problems("arithmetic", "rl", 300):
+            f.write(json.dumps(label(p.prompt, variants(p), p.answer)) + "\n")
+    return path
+
+
+def rm_args(backbone, rankings, run_dir, *extra) -> list[str]:
+    return [
+        "--config",
+        "recipes/configs/reward_model_tiny.yaml",
+        "--model_path",
+        str(backbone),
+        "--run_dir",
+        str(run_dir),
+        "--data.files",
+        f"[{rankings}]",
+        "--data.held_out",
+        "60",
+        "--train.checkpoint_every",
+        "20",
+        "--bootstrap_resamples",
+        "200",
+        "--logging.wandb_mode",
+        "disabled",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def reward_run(pretrained, rankings_file, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reward_model")
+    proc = run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, "--train.epochs", "2"))
+    return run_dir, proc
+
+
+def test_the_recipe_learns_the_preference_and_reports_baselines(reward_run):
+    run_dir, proc = reward_run
+    log = metrics(run_dir)
+    losses = [m["loss"] for m in log if "loss" in m]
+    assert len(losses) == 2 * (240 // 16)  # 240 training prompts, 16 rankings a step, 2 epochs
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    held_out = json.loads((run_dir / "eval.json").read_text())
+    assert held_out["prompts"] == 60
+    for key in ("pair_accuracy", "best_worst_accuracy", "kendall_tau", "log_loss", "longer_wins_pair_accuracy"):
+        lo, hi = held_out[key]["ci95"]
+        assert lo <= held_out[key]["mean"] <= hi, key
+    assert held_out["pair_accuracy"]["mean"] > 0.55  # the preference is partly visible in the last tokens
+    assert "pair_accuracy" in proc.stdout
+
+
+def test_saved_folder_loads_with_transformers_and_scores_like_the_recipe(reward_run, rankings_file):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlpost.rankings import read_rankings
+    from rlpost.reward_model import RewardScorer, render
+
+    folder = reward_run[0] / "model"
+    rankings = read_rankings(rankings_file)[:6]
+    prompts = [r.prompt for r in rankings for _ in r.responses]
+    responses = [resp for r in rankings for resp in r.responses]
+    ours = RewardScorer(folder, batch_size=5).score(prompts, responses)
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    sequences = [render(tokenizer, p, r, 256) for p, r in zip(prompts, responses)]
+    width = max(map(len, sequences))
+    pad = model.config.pad_token_id
+    batch = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])  # right padding, as the recipe
+    with torch.no_grad():
+        theirs = model(input_ids=batch).logits.squeeze(-1).tolist()
+    assert ours == pytest.approx(theirs, abs=1e-4)
+    assert len(set(round(s, 4) for s in ours)) > 1
+
+
+def test_reward_card_describes_the_model(reward_run, rankings_file):
+    from rlpost.rankings import read_rankings
+    from rlpost.reward_model import RewardScorer, read_card
+
+    run_dir, _ = reward_run
+    card = read_card(run_dir / "model")
+    assert "last token" in card["score_rule"] and card["max_tokens"] == 256
+    assert card["trained"]["labelers"] == ["simulated:arithmetic_preference"]
+    assert card["trained"]["simulated_labelers"] is True
+    assert card["trained"]["prompts"] == 240 and card["held_out"]["prompts"] == 60
+    # Normalisation statistics: those of the training responses (all 960 fit in the sample).
+    from rlpost.rankings import split_by_prompt
+
+    train, _ = split_by_prompt(read_rankings(rankings_file), 60, seed=0)
+    train_keys = {r.prompt_key for r in train}
+    responses = [
+        (r.prompt, resp) for r in read_rankings(rankings_file) if r.prompt_key in train_keys for resp in r.responses
+    ]
+    scorer = RewardScorer(run_dir / "model", batch_size=64)
+    scores = scorer.score([p for p, _ in responses], [r for _, r in responses])
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    norm = card["normalization"]
+    assert norm["samples"] == len(scores) == 960
+    assert norm["mean"] == pytest.approx(mean, abs=1e-4) and norm["std"] == pytest.approx(std, abs=1e-4)
+    normalized = scorer.normalized(scores)
+    assert sum(normalized) / len(normalized) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_resume_continues_from_the_last_checkpoint(pretrained, rankings_file, tmp_path):
+    first = run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, tmp_path, "--train.epochs", "1"))
+    assert "resumed" not in first.stdout
+    second = run_recipe(
+        "reward_model.py", rm_args(pretrained / "model", rankings_file, tmp_path, "--train.epochs", "2", "--resume")
+    )
+    assert "resumed from step 15" in second.stdout
+    steps = [m["step"] for m in metrics(tmp_path) if "loss" in m]
+    assert steps == list(range(1, 31))
+
+
+def test_a_bad_rankings_line_stops_before_training(pretrained, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"prompt": "p", "responses": ["a", "b"], "order": [0, 1]})
+        + "\n"
+        + json.dumps({"prompt": "q", "responses": ["a", "b"], "order": [0, 2]})
+        + "\n"
+    )
+    args = rm_args(pretrained / "model", bad, tmp_path / "run", "--data.held_out", "1")
+    proc = subprocess.run(
+        [sys.executable, "recipes/reward_model.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert f"{bad}:2" in proc.stderr and "out of range" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_grpo_two_steps_with_the_learned_reward(reward_run, sft_run, ray_cluster, tmp_path):
+    from rlpost.config import load_config
+
+    grpo = load_recipe("grpo")
+    rewards = f"[{{name: reward_model, timeout_s: 60, kwargs: {{path: '{reward_run[0] / 'model'}', batch_size: 8}}}}]"
+    cfg = load_config(
+        grpo.GRPOConfig,
+        [
+            "--config",
+            "recipes/configs/grpo_tiny.yaml",
+            "--model_path",
+            str(sft_run / "model"),
+            "--run_dir",
+            str(tmp_path),
+            "--steps",
+            "2",
+            "--eval_every",
+            "0",
+            "--checkpoint_every",
+            "0",
+            "--eval.problems_per_task",
+            "4",
+            "--rollout.prompts_per_step",
+            "4",
+            "--rollout.n",
+            "4",
+            "--rollout.max_new_tokens",
+            "32",
+            "--rewards.functions",
+            rewards,
+            "--vllm.kv_cache_gib",
+            "0.25",
+            "--logging.wandb_mode",
+            "disabled",
+        ],
+    )
+    result = grpo.train(cfg)
+    assert result["steps"] == 2
+    steps = [m for m in metrics(tmp_path) if "loss" in m]
+    assert len(steps) == 2
+    for m in steps:
+        # A learned score for every sample: a continuous spread, no failures, so every group has a signal.
+        assert math.isfinite(m["reward/reward_model"]) and m["reward/std"] > 0
+        assert m["reward/reward_model/failures"] == 0
+        assert m["samples_trained"] == 16
