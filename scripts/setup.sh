@@ -31,6 +31,16 @@ if ! command -v bwrap >/dev/null 2>&1; then
     echo "warning: bubblewrap (bwrap) is missing; install it for the strongest sandbox tier"
   fi
 fi
+# The ranking page's browser test drives Debian's chromium through Playwright (Playwright's own
+# browser download is never used); without chromium that test skips.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >>"$log" 2>&1 \
+      || echo "warning: could not install chromium; the ranking page's browser test will skip"
+  else
+    echo "warning: chromium is missing; the ranking page's browser test will skip (apt-get install chromium)"
+  fi
+fi
 "$VENV/bin/python" -c "import torch, vllm, deepspeed, ray, transformers" >>"$log" 2>&1 \
   || { echo "setup: the installed stack does not import; see $log"; exit 1; }
 echo "setup done: $VENV"

@@ -1,0 +1,487 @@
+"""The ranking page: a person orders K sampled responses per prompt, best to worst, in a browser.
+
+    python -m rlpost.label --config label.yaml [--labeler alice --prompts "{arithmetic: 50}"]
+    python -m rlpost.label --candidates runs/label/rankings.candidates.jsonl --out runs/label/rankings.jsonl \\
+        --labeler alice                       (serve candidates sampled earlier; no model needed)
+
+First the policy samples `k` responses per prompt in one engine call (`sample_candidates`); they
+are kept in `<out stem>.candidates.jsonl`, so a restart shows the same responses. Then a small
+HTTP server (`LabelServer`) serves `label_page.html` and a JSON API:
+
+    GET  /api/next        the next prompt nobody ranked yet: responses shuffled per view, labelled A, B, ...
+    POST /api/submit      {"view", "ranks": [rank per displayed response, 1 = best, equal = tie], "note"?}
+    POST /api/skip        {"view"}: nothing is written; the prompt comes back after the others
+    POST /api/unrankable  {"view", "note"?}: written as an "unrankable": true line
+
+Every ranking is one line of the rankings JSONL (rlpost/rankings.py), appended at once. Prompts
+already in that file, ranked or unrankable, are never shown again, so stopping and starting
+again resumes where it stopped; a second answer for a prompt gets HTTP 409 and is not written.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+import random
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from rlpost.cluster import VLLMConfig
+from rlpost.config import ConfigError, check_path, doc, parse_config, section
+
+PAGE = Path(__file__).with_name("label_page.html")
+TOKEN_HEADER = "X-Label-Token"
+MAX_BODY = 1 << 20
+
+
+@dataclass
+class LabelConfig:
+    model_path: str = doc("Policy HF folder that samples the responses.", "runs/sft_tiny/model")
+    prompts: dict[str, int] | str = doc(
+        "Prompts to rank: {task: count} drawn from the tasks' RL split, or a JSONL file of "
+        '{"prompt": str or [chat messages], "answer"?: str}.',
+        {"arithmetic": 20},
+    )
+    k: int = doc("Responses sampled per prompt.", 5)
+    temperature: float = doc("Sampling temperature.", 1.0)
+    max_new_tokens: int = doc("Longest response in tokens.", 160)
+    seed: int = doc("Sampling seed.", 0)
+    out: str = doc("Rankings JSONL (appended to; the candidates file sits beside it).", "runs/label/rankings.jsonl")
+    candidates: str = doc(
+        "Candidates JSONL to serve; '' = <out stem>.candidates.jsonl, sampled from model_path when missing.", ""
+    )
+    labeler: str = doc("Name recorded in every line written.", "")
+    host: str = doc("Address to listen on; anything but loopback needs a token.", "127.0.0.1")
+    port: int = doc("Port to listen on (0: any free port).", 8765)
+    token: str = doc("Secret every request must carry (?token= in the page address); required off loopback.", "")
+    vllm: VLLMConfig = section(VLLMConfig)
+
+    def validate(self):
+        if self.k < 2:
+            raise ConfigError(f"k: a ranking needs at least 2 responses, got {self.k}")
+        if not self.labeler.strip():
+            raise ConfigError("labeler: give the name to record in each ranking line")
+        if self.labeler.startswith("simulated:"):
+            raise ConfigError("labeler: names starting with 'simulated:' are kept for simulated labelers")
+        if isinstance(self.prompts, dict):
+            from rlpost.tasks import TASKS
+
+            for task, n in self.prompts.items():
+                if task not in TASKS:
+                    raise ConfigError(f"prompts: unknown task {task!r}; valid tasks: {sorted(TASKS)}")
+                if not isinstance(n, int) or n < 1:
+                    raise ConfigError(f"prompts.{task}: expected a positive count, got {n!r}")
+        check_exposure(self.host, self.token or None)
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token: the page writes to a file."""
+    if token:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"token: required when host is not a loopback address (host {host!r})")
+
+
+def candidates_path_for(out: str | Path) -> Path:
+    """runs/x/rankings.jsonl → runs/x/rankings.candidates.jsonl"""
+    out = Path(out)
+    return out.with_name((out.stem if out.suffix == ".jsonl" else out.name) + ".candidates.jsonl")
+
+
+def load_prompts(spec: dict[str, int] | str) -> list[dict]:
+    """[{"prompt", "answer"?}] from a {task: count} spec (RL split) or a JSONL file."""
+    if isinstance(spec, dict):
+        from rlpost.tasks import make_problems
+
+        return [
+            {"prompt": p.prompt, "answer": p.answer} for task, n in spec.items() for p in make_problems(task, "rl", n)
+        ]
+    from rlpost.data import read_jsonl
+    from rlpost.rankings import ranking_from_record
+
+    items = []
+    for lineno, record in read_jsonl(spec):
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise ValueError(f"{spec}:{lineno}: expected an object with a 'prompt'")
+        ranking_from_record({"prompt": record["prompt"], "unrankable": True}, f"{spec}:{lineno}")  # checks the prompt
+        items.append({"prompt": record["prompt"], **({"answer": str(record["answer"])} if "answer" in record else {})})
+    return items
+
+
+def _chat_ids(tokenizer, prompt) -> list[int]:
+    from rlpost.chat import prompt_ids
+
+    if isinstance(prompt, str):
+        return prompt_ids(tokenizer, prompt)
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+
+
+def sample_candidates(
+    model_path: str,
+    prompts: list,
+    k: int,
+    candidates_path: str | Path,
+    *,
+    temperature: float = 1.0,
+    max_new_tokens: int = 160,
+    seed: int = 0,
+    vllm: VLLMConfig | None = None,
+    retries: int = 2,
+) -> list[dict]:
+    """K responses per prompt from `model_path`, saved to (and, when it exists, read back from)
+    `candidates_path` as {"id", "prompt", "responses", "answer"?} lines.
+
+    `prompts` are strings, chat message lists, or {"prompt", "answer"?} dicts. All prompts go to
+    one rollout worker in one engine call; a prompt with empty responses gets up to `retries`
+    more calls (all such prompts together), and is left out if it still has fewer than k.
+    Uses the running Ray if there is one, else starts one for this call and stops it after."""
+    path = Path(candidates_path)
+    if path.exists():
+        return read_candidates(path)
+    import ray
+
+    from rlpost.cluster import init_ray, start_rollout_workers
+    from rlpost.tokenizer import load_tokenizer, stop_token_ids
+
+    items = [p if isinstance(p, dict) else {"prompt": p} for p in prompts]
+    tokenizer = load_tokenizer(model_path)
+    ids = [_chat_ids(tokenizer, item["prompt"]) for item in items]
+    responses: list[list[str]] = [[] for _ in items]
+    started_ray = not ray.is_initialized()
+    init_ray(run_log=path.parent / "actors.log")  # engine start-up output stays off the console
+    workers = start_rollout_workers(model_path, replace(vllm or VLLMConfig(), num_workers=1), seed=seed)
+    try:
+        for round_ in range(retries + 1):
+            short = [i for i, r in enumerate(responses) if len(r) < k]
+            if not short:
+                break
+            groups = ray.get(
+                workers[0].generate.remote(
+                    [ids[i] for i in short],
+                    n=k,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    stop_token_ids=stop_token_ids(tokenizer),
+                    seed=seed + 100_003 * round_,
+                )
+            )
+            for i, group in zip(short, groups):
+                texts = tokenizer.batch_decode([s.token_ids for s in group], skip_special_tokens=True)
+                responses[i] += [t.strip() for t in texts if t.strip()][: k - len(responses[i])]
+    finally:
+        workers.kill()
+        if started_ray:  # a Ray started here for sampling alone would idle on while the page is served
+            ray.shutdown()
+    records = [
+        {"id": i, "prompt": item["prompt"], "responses": r, **({"answer": item["answer"]} if "answer" in item else {})}
+        for i, (item, r) in enumerate(zip(items, responses))
+        if len(r) == k
+    ]
+    if len(records) < len(items):
+        print(f"label: {len(items) - len(records)} prompt(s) left out: fewer than {k} non-empty responses")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    os.replace(partial, path)  # a crash mid-write must not leave a file a restart would trust
+    return records
+
+
+def read_candidates(path: str | Path) -> list[dict]:
+    """The records of a candidates file; a bad prompt or response fails naming file and line."""
+    from rlpost.data import read_jsonl
+    from rlpost.rankings import ranking_from_record
+
+    records, ids = [], set()
+    for lineno, r in read_jsonl(path):
+        if not isinstance(r, dict) or "id" not in r or r["id"] in ids:
+            raise ValueError(f"{path}:{lineno}: expected an object with a unique 'id'")
+        responses = r.get("responses")
+        # Validated as a ranking in the shown order: the same checks the rankings file will get.
+        order = list(range(len(responses))) if isinstance(responses, list) else []
+        ranking_from_record({"prompt": r.get("prompt"), "responses": responses, "order": order}, f"{path}:{lineno}")
+        ids.add(r["id"])
+        records.append(r)
+    return records
+
+
+def _key(prompt, responses) -> str:
+    return json.dumps([prompt, responses], sort_keys=True, ensure_ascii=False)
+
+
+class Rejected(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class LabelServer:
+    """The page and its JSON API over one candidates file and one rankings file.
+
+    `serve_forever()` blocks (run it in a thread in tests); `shutdown()` stops it and `close()`
+    frees the port. `port=0` takes any free port: read `.port` / `.url` afterwards."""
+
+    def __init__(self, candidates_path, out_path, labeler: str, host="127.0.0.1", port=0, token: str | None = None):
+        check_exposure(host, token)
+        self.candidates = read_candidates(candidates_path)
+        self.keys = [_key(c["prompt"], c["responses"]) for c in self.candidates]
+        self.out_path = Path(out_path)
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        self.labeler, self.token = labeler, token or None
+        self.queue = list(range(len(self.candidates)))  # skipping moves a prompt to the back
+        self.views: OrderedDict[str, tuple[int, list[int]]] = OrderedDict()  # view id → (candidate, shown order)
+        self.done: set[str] = set()  # keys of the prompts in the rankings file
+        self.unrankable: set[str] = set()  # those of them marked unrankable
+        self._seen_stat = None
+        self.lock = threading.Lock()
+        self.rng = random.Random(secrets.randbits(64))
+        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
+        self.httpd.daemon_threads = True
+        self._refresh_done()
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = self.httpd.server_address[0]
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}/" + (
+            f"?token={self.token}" if self.token else ""
+        )
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def shutdown(self) -> None:
+        self.httpd.shutdown()
+
+    def close(self) -> None:
+        self.httpd.server_close()
+
+    def _refresh_done(self) -> None:
+        """Re-read the rankings file when it changed: another process may append to it too."""
+        try:
+            stat = self.out_path.stat()
+        except FileNotFoundError:
+            return
+        if (stat.st_size, stat.st_mtime_ns) == self._seen_stat:
+            return
+        done, unrankable = set(), set()
+        with open(self.out_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:  # a line cut short by a crash: the rankings readers report it
+                    continue
+                if isinstance(r, dict):
+                    done.add(_key(r.get("prompt"), r.get("responses")))
+                    if r.get("unrankable") is True:
+                        unrankable.add(_key(r.get("prompt"), r.get("responses")))
+        self.done, self.unrankable, self._seen_stat = done, unrankable, (stat.st_size, stat.st_mtime_ns)
+
+    def _is_done(self, index: int) -> bool:
+        return self.keys[index] in self.done
+
+    def progress(self) -> dict:
+        done = sum(key in self.done for key in self.keys)
+        return {"done": done, "total": len(self.keys), "unrankable": sum(key in self.unrankable for key in self.keys)}
+
+    def next_view(self) -> dict:
+        with self.lock:
+            self._refresh_done()
+            progress = self.progress()
+            index = next((i for i in self.queue if not self._is_done(i)), None)
+            if index is None:
+                return {"done": True, "progress": progress, "out": self.out_path.name}
+            shown = list(range(len(self.candidates[index]["responses"])))
+            self.rng.shuffle(shown)  # a fresh order per view: no response keeps the first place
+            view = secrets.token_hex(8)
+            self.views[view] = (index, shown)
+            while len(self.views) > 10_000:
+                self.views.popitem(last=False)
+        c = self.candidates[index]
+        return {
+            "done": False,
+            "view": view,
+            "prompt": c["prompt"],
+            "responses": [{"label": _label(pos), "text": c["responses"][i]} for pos, i in enumerate(shown)],
+            "progress": {**progress, "position": progress["done"] + 1},
+            "labeler": self.labeler,
+        }
+
+    def answer(self, action: str, body: dict) -> dict:
+        """Apply 'submit', 'skip' or 'unrankable' to the prompt of `body["view"]`."""
+        from rlpost.rankings import append_ranking
+
+        with self.lock:
+            if body.get("view") not in self.views:
+                raise Rejected(
+                    HTTPStatus.CONFLICT, "this page is out of date (the server restarted); load the next prompt"
+                )
+            index, shown = self.views[body["view"]]
+            self._refresh_done()
+            if self._is_done(index):
+                raise Rejected(HTTPStatus.CONFLICT, "this prompt was already answered (in another tab?)")
+            c = self.candidates[index]
+            record = {"prompt": c["prompt"], "responses": c["responses"]}
+            if action == "skip":
+                self.queue.remove(index)
+                self.queue.append(index)
+                return {"ok": True}
+            if action == "submit":
+                record["order"] = _order(body.get("ranks"), shown)
+            else:
+                record["unrankable"] = True
+            record["labeler"] = self.labeler
+            note = body.get("note")
+            if isinstance(note, str) and note.strip():
+                record["note"] = note.strip()
+            try:
+                append_ranking(self.out_path, record)
+            except ValueError as error:
+                raise Rejected(HTTPStatus.BAD_REQUEST, str(error)) from None
+            self._refresh_done()
+            return {"ok": True, "progress": self.progress()}
+
+
+def _label(position: int) -> str:
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return letters[position] if position < 26 else f"R{position + 1}"
+
+
+def _order(ranks, shown: list[int]) -> list:
+    """Ranks per displayed response (1 = best, equal = tie) → the record's `order` over the
+    original response indices: best first, tied indices as a sorted list."""
+    if (
+        not isinstance(ranks, list)
+        or len(ranks) != len(shown)
+        or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks)
+    ):
+        raise Rejected(HTTPStatus.BAD_REQUEST, f"'ranks' must be {len(shown)} integers >= 1, one per response")
+    tiers: dict[int, list[int]] = {}
+    for position, rank in enumerate(ranks):
+        tiers.setdefault(rank, []).append(shown[position])
+    return [sorted(t) if len(t) > 1 else t[0] for _, t in sorted(tiers.items())]
+
+
+def _handler(server: LabelServer):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # one line per request would drown the terminal
+            pass
+
+        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")  # the page address may hold the token
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: HTTPStatus, payload: dict) -> None:
+            self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json; charset=utf-8")
+
+        def _authorized(self) -> bool:
+            if server.token is None:
+                return True
+            given = self.headers.get(TOKEN_HEADER) or parse_qs(urlsplit(self.path).query).get("token", [""])[0]
+            if hmac.compare_digest(given.encode(), server.token.encode()):
+                return True
+            self._json(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token: open the page address with ?token="})
+            return False
+
+        def do_GET(self):
+            if not self._authorized():
+                return
+            route = urlsplit(self.path).path
+            if route in ("/", "/index.html"):
+                self._send(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
+            elif route == "/api/next":
+                self._json(HTTPStatus.OK, server.next_view())
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page {route}"})
+
+        def do_POST(self):
+            if not self._authorized():
+                return
+            action = urlsplit(self.path).path.removeprefix("/api/")
+            if action not in ("submit", "skip", "unrankable"):
+                return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such action {self.path}"})
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError
+            except ValueError:
+                return self._json(HTTPStatus.BAD_REQUEST, {"error": "expected a JSON object"})
+            try:
+                self._json(HTTPStatus.OK, server.answer(action, body))
+            except Rejected as rejected:
+                self._json(rejected.status, {"error": str(rejected)})
+
+    return Handler
+
+
+def main(cfg: LabelConfig) -> None:
+    candidates = Path(cfg.candidates) if cfg.candidates else candidates_path_for(cfg.out)
+    if cfg.candidates and not candidates.exists():
+        raise ConfigError(f"candidates: no such file: {cfg.candidates}")
+    if not candidates.exists():
+        check_path("model_path", cfg.model_path)
+        if isinstance(cfg.prompts, str):
+            check_path("prompts", cfg.prompts)
+        prompts = load_prompts(cfg.prompts)
+        print(f"label: sampling {cfg.k} responses for each of {len(prompts)} prompts → {candidates}")
+        sample_candidates(
+            cfg.model_path,
+            prompts,
+            cfg.k,
+            candidates,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            vllm=cfg.vllm,
+        )
+    try:
+        server = LabelServer(candidates, cfg.out, cfg.labeler, cfg.host, cfg.port, cfg.token or None)
+    except ConfigError:
+        raise
+    except OSError as error:
+        raise ConfigError(f"port: cannot listen on {cfg.host}:{cfg.port} ({error.strerror})") from None
+    except ValueError as error:  # a bad candidates line, named by file and line
+        raise ConfigError(f"candidates: {error}") from None
+    progress = server.progress()
+    print(f"label: {progress['done']} of {progress['total']} prompts answered; rankings go to {cfg.out}")
+    print(f"label: open {server.url}  (Ctrl-C stops; starting again resumes)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    from rlpost.cache import apply_cache_env
+
+    apply_cache_env()
+    try:
+        main(parse_config(LabelConfig))
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
