@@ -56,9 +56,14 @@ def template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = 
     return list(ids)
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Ids of a single-turn prompt followed by the assistant's opening, ready for sampling."""
-    return template_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+def prompt_messages(prompt: str | list[dict]) -> list[dict]:
+    """A prompt as chat messages: one user turn, or the given messages (a multi-turn context)."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Ids of a prompt followed by the assistant's opening, ready for sampling."""
+    return template_ids(tokenizer, prompt_messages(prompt), add_generation_prompt=True)
 
 
 def read_conversations(path: str) -> list[list[dict]]:

@@ -29,16 +29,12 @@ SCORE_RULE = (
 )
 
 
-def messages_of(prompt: str | list[dict], response: str) -> list[dict]:
-    context = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    return [*context, {"role": "assistant", "content": response}]
-
-
 def render(tokenizer, prompt: str | list[dict], response: str, max_tokens: int) -> list[int]:
     """Token ids the score is read from (see the module docstring)."""
-    from rlpost.chat import template_ids
+    from rlpost.chat import prompt_messages, template_ids
 
-    return template_ids(tokenizer, messages_of(prompt, response))[-max_tokens:]
+    messages = [*prompt_messages(prompt), {"role": "assistant", "content": response}]
+    return template_ids(tokenizer, messages)[-max_tokens:]
 
 
 def reward_model_from_lm(path: str | Path, tokenizer):

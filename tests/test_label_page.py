@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from rlpost.candidates import candidates_path_for, sample_candidates
 from rlpost.config import ConfigError, load_config
-from rlpost.label import LabelConfig, LabelServer, candidates_path_for, sample_candidates
+from rlpost.label import LabelConfig, LabelServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [

@@ -140,15 +140,17 @@ def test_reward_card_describes_the_model(reward_run, rankings_file):
     assert sum(normalized) / len(normalized) == pytest.approx(0.0, abs=1e-4)
 
 
-def test_resume_continues_from_the_last_checkpoint(pretrained, rankings_file, tmp_path):
-    first = run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, tmp_path, "--train.epochs", "1"))
-    assert "resumed" not in first.stdout
-    second = run_recipe(
-        "reward_model.py", rm_args(pretrained / "model", rankings_file, tmp_path, "--train.epochs", "2", "--resume")
+def test_resume_continues_from_the_last_checkpoint(reward_run, pretrained, rankings_file, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reward_run[0], run_dir)  # a finished 2-epoch run (30 steps), resumed for a third epoch
+    proc = run_recipe(
+        "reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, "--train.epochs", "3", "--resume")
     )
-    assert "resumed from step 15" in second.stdout
-    steps = [m["step"] for m in metrics(tmp_path) if "loss" in m]
-    assert steps == list(range(1, 31))
+    assert "resumed from step 30" in proc.stdout
+    steps = [m["step"] for m in metrics(run_dir) if "loss" in m]
+    assert steps == list(range(1, 46))
 
 
 def test_a_bad_rankings_line_stops_before_training(pretrained, tmp_path):
