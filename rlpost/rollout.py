@@ -211,6 +211,11 @@ class RolloutWorker:
             logprobs_mode=logprobs_mode,
             worker_extension_cls=EXTENSION_QUALNAME,
             disable_log_stats=True,
+            # A prompt prefilled in chunks makes vLLM rewind its sampling generator, which a
+            # seeded request on CPU cannot do ("CPU Generator does not use offset"): prefill
+            # whole prompts, many per step.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(max_model_len, 8192),
             **(engine_kwargs or {}),
         )
         self.start_s = time.perf_counter() - t0
