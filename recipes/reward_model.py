@@ -66,6 +66,7 @@ class RMLoss:
 class RMTrain:
     epochs: float = doc("Passes over the training rankings.", 2.0)
     batch_size: int = doc("Rankings per optimizer step.", 16)
+    backbone_layers: int = doc("Use only the bottom N transformer layers of the backbone (0: all).", 0)
     trainable_layers: int = doc("Train only the top N transformer layers, the final norm and the head (0: all).", 0)
     checkpoint_every: int = doc("Checkpoint every N steps, and at the end.", 200)
     eval_every: int = doc("Held-out pair accuracy every N steps (0: only the final evaluation).", 0)
@@ -147,6 +148,7 @@ def train(cfg: RewardModelConfig) -> dict:
         CARD,
         SCORE_RULE,
         freeze_below,
+        keep_bottom_layers,
         render,
         reward_model_from_lm,
         score_all,
@@ -178,6 +180,7 @@ def train(cfg: RewardModelConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model_path)
     model = reward_model_from_lm(cfg.model_path, tokenizer)
     pad = model.config.pad_token_id
+    keep_bottom_layers(model, cfg.train.backbone_layers)
     trainable = freeze_below(model, cfg.train.trainable_layers)
     print(
         f"reward model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trained"
@@ -256,6 +259,7 @@ def train(cfg: RewardModelConfig) -> dict:
             "simulated_labelers": any((r.labeler or "").startswith("simulated:") for r in train_set),
             "loss": to_dict(cfg.loss),
             "steps": step,
+            "backbone_layers": cfg.train.backbone_layers or "all",
             "trainable_layers": cfg.train.trainable_layers or "all",
             "trainable_parameters": trainable,
         },

@@ -57,6 +57,17 @@ def pad_id(tokenizer) -> int:
     return 1
 
 
+def keep_bottom_layers(model, layers: int) -> None:
+    """Keep only the bottom `layers` transformer layers of the backbone (0 = all): a cheaper
+    reward model from a large LM, whose middle layers already carry what a score needs."""
+    backbone = model.base_model
+    if 0 < layers < len(backbone.layers):
+        backbone.layers = backbone.layers[:layers]
+        model.config.num_hidden_layers = layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layers]
+
+
 def freeze_below(model, trainable_layers: int) -> int:
     """Train only the top `trainable_layers` transformer layers, the final norm and the head
     (0 = train everything). Returns the number of trainable parameters."""

@@ -67,7 +67,10 @@ def rm_args(backbone, rankings, run_dir, *extra) -> list[str]:
 @pytest.fixture(scope="module")
 def reward_run(pretrained, rankings_file, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reward_model")
-    proc = run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, "--train.epochs", "2"))
+    # The bottom 3 of the backbone's 4 layers, the top 2 of them trained: the options that make a
+    # large backbone affordable on a CPU, through the same saved folder and scoring rule.
+    extra = ["--train.epochs", "2", "--train.backbone_layers", "3", "--train.trainable_layers", "2"]
+    proc = run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, *extra))
     return run_dir, proc
 
 
@@ -121,6 +124,9 @@ def test_reward_card_describes_the_model(reward_run, rankings_file):
     assert card["trained"]["labelers"] == ["simulated:arithmetic_preference"]
     assert card["trained"]["simulated_labelers"] is True
     assert card["trained"]["prompts"] == 240 and card["held_out"]["prompts"] == 60
+    assert card["trained"]["backbone_layers"] == 3 and card["trained"]["trainable_layers"] == 2
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3 and config["num_labels"] == 1
     # Normalisation statistics: those of the training responses (all 960 fit in the sample).
     from rlpost.rankings import split_by_prompt
 
