@@ -31,7 +31,7 @@ RUN = ROOT / "runs/bench_reward_model_tiny"
 PROMPTS, HELD_OUT, K = 1200, 200, 5
 SIZES = (100, 300, 1000)
 LOSSES = ("all_pairs", "plackett_luce", "best_worst")
-STEPS, BATCH = 150, 16  # the same number of updates for every reward model
+STEPS, BATCH = 100, 16  # the same number of updates for every reward model
 
 
 def load_recipe():

@@ -126,7 +126,7 @@ def test_reward_card_describes_the_model(reward_run, rankings_file):
     assert card["trained"]["prompts"] == 240 and card["held_out"]["prompts"] == 60
     assert card["trained"]["backbone_layers"] == 3 and card["trained"]["trainable_layers"] == 2
     config = json.loads((run_dir / "model" / "config.json").read_text())
-    assert config["num_hidden_layers"] == 3 and config["num_labels"] == 1
+    assert config["num_hidden_layers"] == 3 and len(config["id2label"]) == 1
     # Normalisation statistics: those of the training responses (all 960 fit in the sample).
     from rlpost.rankings import split_by_prompt
 
