@@ -7,7 +7,8 @@ One step (the loop in `train`; each piece is a named function of rlpost/rl_steps
     prompts ──▶ RolloutWorker × R (vLLM) ──▶ RewardWorker × W ──▶ group advantages per token
         ──▶ Learner ranks (DeepSpeed, PPO-clip) ──▶ weight sync to every engine ──▶ metrics
 with a held-out evaluation every `eval_every` steps and at the end, and an atomic checkpoint
-every `checkpoint_every` steps (`--resume` continues from the latest one). Metrics go to
+every `checkpoint_every` steps (`--resume` continues from the latest one). The reward-hacking
+monitor (rlpost/hacking_monitor.py) reads every step and may end the run early. Metrics go to
 `<run_dir>/metrics.jsonl` (and wandb, offline by default), the actors' own output to
 `<run_dir>/actors.log`; the final policy is an HF folder in `<run_dir>/model`.
 """
@@ -22,6 +23,7 @@ from rlpost.cache import apply_cache_env
 from rlpost.cluster import PlacementConfig, SyncConfig, VLLMConfig
 from rlpost.config import ConfigError, doc, parse_config, section
 from rlpost.evaluate import EvalConfig
+from rlpost.hacking_monitor import MonitorConfig
 from rlpost.learner import PolicyLossConfig
 from rlpost.metrics import LoggingConfig
 from rlpost.rl_steps import AlgoConfig, RewardsConfig, RLData, RolloutConfig
@@ -54,6 +56,7 @@ class GRPOConfig:
     placement: PlacementConfig = section(PlacementConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=200))
     logging: LoggingConfig = section(LoggingConfig)
+    monitor: MonitorConfig = section(MonitorConfig)
 
     def validate(self):
         for key in ("steps", "eval_every", "checkpoint_every"):
@@ -72,8 +75,9 @@ def train(cfg: GRPOConfig) -> dict:
     from rlpost.cluster import RLActors, init_ray
     from rlpost.config import check_path, save_config, to_dict
     from rlpost.evaluate import evaluate
+    from rlpost.hacking_monitor import Monitor, with_judge
     from rlpost.metrics import MetricsLogger
-    from rlpost.rl_steps import build_trajectories, collect_groups, prompt_pool, step_metrics
+    from rlpost.rl_steps import build_trajectories, collect_groups, monitor_signals, prompt_pool, step_metrics
     from rlpost.tasks import VERIFIERS, make_problems
     from rlpost.tokenizer import load_tokenizer
 
@@ -88,7 +92,10 @@ def train(cfg: GRPOConfig) -> dict:
 
     init_ray(run_log=run_dir / "actors.log")
     print(f"starting the actors (their output goes to {run_dir / 'actors.log'})")
-    actors = RLActors(cfg, total_steps=cfg.steps, verifiers={t: VERIFIERS[t] for t in {p.task for p in pool}})
+    # The monitor's judge, if any, runs in the reward workers as one more reward function of weight 0.
+    actors = RLActors(
+        with_judge(cfg), total_steps=cfg.steps, verifiers={t: VERIFIERS[t] for t in {p.task for p in pool}}
+    )
     logger = MetricsLogger(run_dir, cfg.logging, "grpo", config=to_dict(cfg))
     step, cursor = 0, 0
     if cfg.resume:
@@ -97,6 +104,7 @@ def train(cfg: GRPOConfig) -> dict:
             step, cursor = state["step"], state["cursor"]
             actors.sync_weights()  # the engines start from model_path; give them the resumed policy
             print(f"resumed from step {step}")
+    monitor = Monitor(cfg.monitor, run_dir, step, save_policy=lambda path: actors.learners.call("save_hf", path))
 
     def evaluate_held_out() -> dict:
         result = evaluate(actors.rollouts[0], tokenizer, held_out, cfg.eval, tools=cfg.tools)
@@ -115,7 +123,7 @@ def train(cfg: GRPOConfig) -> dict:
                if by_time else None)  # fmt: skip
     reported_errors: set = set()
     saved_at = step
-    while step < cfg.steps:
+    while step < cfg.steps and not monitor.stop:
         if by_time and time.time() - start > 60 * cfg.max_minutes:
             print(f"stopping after {cfg.max_minutes} minutes of RL (step {step})")
             break
@@ -123,6 +131,7 @@ def train(cfg: GRPOConfig) -> dict:
         # prompts → rollouts → rewards, refilled while too few groups carry a signal
         groups, cursor, metrics = collect_groups(actors, tokenizer, pool, cursor, cfg, reported_errors)
         metrics.update(step_metrics(groups, cfg.rollout.n), cursor=cursor)
+        monitor.keep_if_best(step + 1, groups.judge)  # before the update: the learner holds the sampling policy
         # advantages → the learner's update
         trajectories, metrics["groups_trained"] = build_trajectories(groups, cfg.algo, cfg.rollout)
         metrics["samples_trained"] = len(trajectories)
@@ -132,6 +141,7 @@ def train(cfg: GRPOConfig) -> dict:
         else:
             print(f"step {step + 1}: every group was dropped (no reward signal); skipping the update")
         step += 1
+        metrics.update(monitor.observe(step, monitor_signals(groups, cfg.rollout.n, metrics.get("kl"))))
         # weight sync → the engines sample from the new policy
         metrics["time/sync"] = actors.sync_weights() if trajectories and step % cfg.sync.every == 0 else 0.0
         if cfg.eval_every and step % cfg.eval_every == 0:
@@ -160,6 +170,7 @@ def train(cfg: GRPOConfig) -> dict:
     final = evaluate_held_out()
     logger.log(step, {"final/" + k: v for k, v in final.items()})
     logger.close()
+    monitor.finish()
     actors.shutdown()
     return {"steps": step, "eval": final, "wall_s": time.time() - start}
 

@@ -9,6 +9,8 @@
     update      actors.learners.call("train", ...)    rlpost/learner.py
     sync        actors.sync_weights()                 rlpost/cluster.py
     metrics     step_metrics(groups, ...)             computed once from the step's merged samples
+    monitor     monitor_signals(groups, ...)          what rlpost/hacking_monitor.py reads; the canaries
+                                                      and the judge are scored in collect_groups
 
 The config sections these pieces read live here too.
 """
@@ -138,6 +140,9 @@ class Groups:
     accuracy: list[float | None] = field(default_factory=list)  # the task verifier's score
     per_fn: dict[str, list[float | None]] = field(default_factory=dict)  # each function's raw values
     failures: dict[str, int] = field(default_factory=dict)  # samples each function failed on
+    texts: list[str] = field(default_factory=list)  # the decoded samples
+    judge: list[float | None] = field(default_factory=list)  # the monitor's judge per sample; empty: none
+    canaries: list = field(default_factory=list)  # hacking_monitor.Canary, beside the first groups
 
     def extend(self, other: Groups) -> None:
         self.problems += other.problems
@@ -145,6 +150,9 @@ class Groups:
         self.samples += other.samples
         self.rewards += other.rewards
         self.accuracy += other.accuracy
+        self.texts += other.texts
+        self.judge += other.judge
+        self.canaries += other.canaries  # only the first round has canaries, so indices still match
         for name, values in other.per_fn.items():
             self.per_fn.setdefault(name, []).extend(values)
         for name, count in other.failures.items():
@@ -185,19 +193,20 @@ def sample_groups(actors, tokenizer, problems: list[Problem], cfg: RolloutConfig
     return ids, samples, tool_s
 
 
-def score(actors, problems: list[Problem], samples: list[Sample], texts: list[str], max_tokens: int):
-    """Reward workers' results for every sample, the batch split evenly over the workers.
+def score(actors, problems: list[Problem], num_tokens: list[int], texts: list[str], max_tokens: int):
+    """Reward workers' results for every completion (`texts`, the same number per problem, with
+    their lengths in tokens), the batch split evenly over the workers.
 
     Returns (rewards with NaN where no function gave one, verifier accuracy, per-function values,
     per-function failure counts, the `RewardError`s)."""
     import ray
 
-    n = len(samples) // len(problems)
+    n = len(texts) // len(problems)
     flat = [p for p in problems for _ in range(n)]
     columns = {
         "answer": [p.answer for p in flat],
         "task": [p.task for p in flat],
-        "num_tokens": [len(s.token_ids) for s in samples],
+        "num_tokens": list(num_tokens),
         "max_tokens": [max_tokens] * len(flat),
     }
     chunks = _split(list(range(len(flat))), len(actors.rewards))
@@ -227,10 +236,13 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
 
     Reward errors are printed once per (function, kind) over the run (`reported` remembers)."""
     from rlpost.algorithms import zero_variance_groups
+    from rlpost.hacking_monitor import judge_name
 
     groups, timings = Groups(), {"time/rollout": 0.0, "time/tool": 0.0, "time/reward": 0.0}
+    judge = judge_name(cfg)
+    monitor = getattr(cfg, "monitor", None)
     with_signal = 0
-    for _ in range(1 + cfg.algo.refill_rounds):
+    for round_index in range(1 + cfg.algo.refill_rounds):
         problems = problems_at(pool, cursor, cfg.rollout.prompts_per_step, cfg.seed)
         cursor += len(problems)
         t0 = time.perf_counter()
@@ -239,21 +251,70 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
         timings["time/tool"] += tool_s
         t0 = time.perf_counter()
         texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
+        num_tokens = [len(s.token_ids) for s in samples]
         rewards, accuracy, per_fn, failures, errors = score(
-            actors, problems, samples, texts, cfg.rollout.max_new_tokens
+            actors, problems, num_tokens, texts, cfg.rollout.max_new_tokens
         )
+        judged = _take_judge(judge, rewards, per_fn, cfg.rewards.default_reward)
         timings["time/reward"] += time.perf_counter() - t0
+        canaries = []
+        if round_index == 0 and monitor is not None and monitor.enabled and monitor.canaries:
+            t0 = time.perf_counter()
+            canaries, canary_errors = score_canaries(actors, tokenizer, problems, texts, cfg, judge)
+            errors += canary_errors
+            timings["time/canaries"] = time.perf_counter() - t0
         for error in errors:
             if (error.function, error.kind) not in reported:
                 reported.add((error.function, error.kind))
                 print(f"reward function failed (first of its kind; counted in reward/<name>/failures): {error}")
-        groups.extend(Groups(problems, ids, samples, rewards, accuracy, per_fn, failures))
+        groups.extend(Groups(problems, ids, samples, rewards, accuracy, per_fn, failures, texts, judged, canaries))
         if not cfg.algo.drop_zero_variance_groups:
             break
         with_signal += int((~zero_variance_groups(torch.tensor(rewards), cfg.rollout.n)).sum())
         if with_signal >= cfg.rollout.prompts_per_step:
             break
     return groups, cursor, timings
+
+
+def _take_judge(judge: str | None, rewards: list[float], per_fn: dict, default_reward: float | None) -> list:
+    """Move the monitor's judge out of the per-function values (it is no reward) and return its
+    values. The judge ran at weight 0, which adds nothing to a total, except where it was the only
+    function with a value: there the total must be what it would have been without the judge."""
+    if judge is None:
+        return []
+    values = per_fn.pop(judge)
+    for i in range(len(rewards)):
+        if all(own[i] is None for own in per_fn.values()):
+            rewards[i] = math.nan if default_reward is None else default_reward
+    return values
+
+
+def score_canaries(actors, tokenizer, problems: list[Problem], texts: list[str], cfg, judge: str | None):
+    """The monitor's canaries of the first `monitor.canary_prompts` problems (`texts`: the
+    samples of every problem, `rollout.n` each), scored by the reward workers like samples: one
+    small extra batch per step. Returns the canaries with their rewards, and the `RewardError`s."""
+    from rlpost.hacking_monitor import Canary, canary_texts
+
+    n, problems = cfg.rollout.n, problems[: cfg.monitor.canary_prompts]
+    canaries = [
+        Canary(g, kind, text)
+        for g, p in enumerate(problems)
+        for kind, text in canary_texts(_prompt_text(p.prompt), texts[g * n : (g + 1) * n]).items()
+    ]
+    canary_text = [c.text for c in canaries]
+    num_tokens = [len(ids) for ids in tokenizer(canary_text, add_special_tokens=False)["input_ids"]]
+    rewards, _, per_fn, _, errors = score(actors, problems, num_tokens, canary_text, cfg.rollout.max_new_tokens)
+    _take_judge(judge, rewards, per_fn, cfg.rewards.default_reward)
+    for canary, reward in zip(canaries, rewards):
+        canary.reward = reward
+    return canaries, errors
+
+
+def _prompt_text(prompt) -> str:
+    """A prompt as text: itself, or the last user turn of a chat prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,3 +388,20 @@ def step_metrics(groups: Groups, n: int) -> dict:
         metrics[f"reward/{name}"] = _mean(values)
         metrics[f"reward/{name}/failures"] = groups.failures.get(name, 0)
     return metrics
+
+
+def monitor_signals(groups: Groups, n: int, kl: float | None):
+    """What the reward-hacking monitor reads from the step (`kl`: the learner's estimate, if any)."""
+    from rlpost.hacking_monitor import StepSignals
+
+    return StepSignals(
+        texts=groups.texts,
+        prompts=[_prompt_text(p.prompt) for p in groups.problems],
+        rewards=groups.rewards,
+        num_tokens=[len(s.token_ids) for s in groups.samples],
+        truncated=[s.finish_reason == "length" for s in groups.samples],
+        group_size=n,
+        canaries=groups.canaries,
+        judge=groups.judge,
+        kl=kl,
+    )
