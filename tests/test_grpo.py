@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -128,6 +129,89 @@ def test_refill_rounds_merge_and_trim_the_batch(grpo_run):
         assert m["cursor"] == cursor
         assert 0 < m["groups_trained"] <= 4 and m["samples_trained"] <= 4 * 4
     assert any(m["groups_sampled"] > 4 for m in steps)  # about half the groups have no signal
+
+
+MONITOR_METRICS = (
+    "monitor/distinct_1",
+    "monitor/distinct_2",
+    "monitor/repeat_run",
+    "monitor/repeat_run_max",
+    "monitor/compression_ratio",
+    "monitor/mean_length",
+    "monitor/truncated_frac",
+    "monitor/proxy",
+    "monitor/canary/repeat",
+    "monitor/canary/empty",
+    "monitor/canary/echo",
+    "monitor/canary/policy_median",
+    "monitor/canary/outscored",
+    "monitor/alarm/canary",
+    "monitor/alarm/proxy_up_judge_down",
+    "monitor/warning/kl_negative",
+    "time/canaries",
+)
+
+
+def test_the_monitor_logs_every_step_and_plots_the_run(grpo_run):
+    run_dir, _ = grpo_run
+    steps = [m for m in metrics(run_dir) if "cursor" in m]
+    assert len(steps) == 2
+    for m in steps:
+        for key in MONITOR_METRICS:
+            assert key in m and m[key] is not None and math.isfinite(m[key]), key
+        assert m["monitor/proxy"] == pytest.approx(m["reward/mean"])
+        assert m["monitor/mean_length"] == pytest.approx(m["response_len/mean"])
+        assert "monitor/judge" not in m and "monitor/kl" not in m  # no judge, no KL term in this run
+    png = (run_dir / "monitor.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+MONITOR_REWARDS = """
+from collections import Counter
+
+
+def repetition(prompts, completions, **columns):
+    # A reward that pays for repetition: the share of a completion's words that are its most frequent one.
+    return [Counter(c.split()).most_common(1)[0][1] / len(c.split()) if c.split() else 0.0 for c in completions]
+
+
+def variety(prompts, completions, **columns):
+    # The judge: distinct words / words.
+    return [len(set(c.split())) / len(c.split()) if c.split() else 0.0 for c in completions]
+"""
+
+
+def test_the_monitor_stops_a_run_whose_reward_pays_for_repetition(sft_run, ray_cluster, tmp_path, capsys):
+    """The repeated-word canary outscores the policy's samples at once: with stop_keep_best the run
+    ends after step 1 and keeps the policy that sampled it (the judge's only, so best, step). The
+    judge, a weight-0 reward function, is logged as monitor/judge and left out of the reward."""
+    from conftest import load_recipe
+
+    (tmp_path / "monitor_rewards.py").write_text(MONITOR_REWARDS)
+    run_dir = tmp_path / "run"
+    extra = [
+        "--rewards.functions",
+        f"[{{name: '{tmp_path}/monitor_rewards.py:repetition'}}]",
+        "--monitor.judge",
+        f"{{name: '{tmp_path}/monitor_rewards.py:variety'}}",
+        "--monitor.action",
+        "stop_keep_best",
+        "--eval_every",
+        "0",
+        "--checkpoint_every",
+        "0",
+    ]
+    result = load_recipe("grpo").train(_config(sft_run / "model", run_dir, extra))
+    assert result["steps"] == 1
+    (m,) = [m for m in metrics(run_dir) if "cursor" in m]
+    assert m["monitor/alarm/canary"] == 1 and m["monitor/canary/repeat"] == 1.0
+    assert 0 < m["monitor/judge"] <= 1 and m["monitor/best_judge"] == pytest.approx(m["monitor/judge"])
+    assert "reward/variety" not in m and m["reward/mean"] == pytest.approx(m["reward/repetition"])
+    out = capsys.readouterr().out
+    assert "monitor, step 1: canary alarm" in out and "monitor: stopping after step 1" in out
+    assert (run_dir / "best_policy" / "model.safetensors").exists()
+    assert json.loads((run_dir / "best_policy" / "judge.json").read_text())["updates"] == 0
+    assert (run_dir / "monitor.png").exists()
 
 
 def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster):
