@@ -60,6 +60,12 @@ def rm_args(backbone, rankings, run_dir, *extra) -> list[str]:
         "200",
         "--logging.wandb_mode",
         "disabled",
+        # The bottom 3 of the backbone's 4 layers, the top 2 of them trained: the options that make
+        # a large backbone affordable on a CPU, through the same saved folder and scoring rule.
+        "--train.backbone_layers",
+        "3",
+        "--train.trainable_layers",
+        "2",
         *extra,
     ]
 
@@ -67,10 +73,7 @@ def rm_args(backbone, rankings, run_dir, *extra) -> list[str]:
 @pytest.fixture(scope="module")
 def reward_run(pretrained, rankings_file, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reward_model")
-    # The bottom 3 of the backbone's 4 layers, the top 2 of them trained: the options that make a
-    # large backbone affordable on a CPU, through the same saved folder and scoring rule.
-    extra = ["--train.epochs", "2", "--train.backbone_layers", "3", "--train.trainable_layers", "2"]
-    proc = run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, *extra))
+    proc = run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, "--train.epochs", "2"))
     return run_dir, proc
 
 
