@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,20 +30,15 @@ EPOCHS, BATCH, LR, MAX_MINUTES = 1, 8, 1e-4, 25
 
 
 def main() -> None:
-    import importlib.util
-
     from rlpost.cache import apply_cache_env
-    from rlpost.config import load_config
+    from rlpost.config import load_config, load_recipe
     from rlpost.metrics import write_json
     from rlpost.smollm2 import smollm2_folder
 
     apply_cache_env()
     t_start = time.time()
     backbone = smollm2_folder()
-    spec = importlib.util.spec_from_file_location("reward_model", ROOT / "recipes/reward_model.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules["reward_model"] = recipe  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("reward_model")
     args = [
         "--model_path",
         str(backbone),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -34,20 +33,10 @@ LOSSES = ("all_pairs", "plackett_luce", "best_worst")
 STEPS, BATCH = 100, 16  # the same number of updates for every reward model
 
 
-def load_recipe():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("reward_model", ROOT / "recipes/reward_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reward_model"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     from rlpost.cache import apply_cache_env
     from rlpost.candidates import load_prompts, sample_candidates
-    from rlpost.config import load_config
+    from rlpost.config import load_config, load_recipe
     from rlpost.metrics import write_json
     from rlpost.simulated_labeler import LABELER, label, preference_key
 
@@ -67,7 +56,7 @@ def main() -> None:
             keys += [preference_key(c["prompt"], r, c["answer"]) for r in c["responses"]]
     print(f"{len(candidates)} prompts x {K} answers sampled in {sample_s:.0f} s and ranked by {LABELER}")
 
-    recipe = load_recipe()
+    recipe = load_recipe("reward_model")
     runs = {}
     for loss in LOSSES:
         for n in SIZES:

@@ -235,6 +235,25 @@ def load_config(cls: type, argv: list[str]) -> Any:
     return build(cls, tree)
 
 
+def load_recipe(name: str) -> types.ModuleType:
+    """A recipe script (recipes/<name>.py of this repository) as a module, for its config class and
+    stage functions. Loaded once, and registered in sys.modules under `name`: dataclasses resolve
+    their annotations through sys.modules."""
+    import importlib.util
+
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
 def _merge(into: dict, new: dict) -> None:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(into.get(k), dict):

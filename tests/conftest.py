@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from rlpost.config import load_recipe  # noqa: F401  (tests import it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -44,18 +46,6 @@ def run_recipe(script: str, args: list[str], timeout: float = 900) -> subprocess
     if proc.returncode != 0:
         pytest.fail(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
-
-
-def load_recipe(name: str):
-    """A recipe script (recipes/<name>.py) as a module, for its config class and stage function."""
-    import importlib.util
-
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")
