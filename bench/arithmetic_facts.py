@@ -12,13 +12,9 @@ bench/results/arithmetic_facts.json.
 
 from __future__ import annotations
 
-import datetime
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def fact_accuracy(model_path: str, problems) -> dict:
@@ -70,7 +66,7 @@ def fact_accuracy(model_path: str, problems) -> dict:
 def main() -> None:
     import torch
 
-    from rlpost.metrics import write_json
+    from rlpost.metrics import write_bench_result
     from rlpost.tasks import make_problems
 
     torch.set_num_threads(2)
@@ -80,14 +76,11 @@ def main() -> None:
     metrics = {path: fact_accuracy(path, problems) for path in models}
     for path, acc in metrics.items():
         print(path, acc)
-    write_json(
-        ROOT / "bench/results/arithmetic_facts.json",
-        {
-            "command": ".venv/bin/python bench/arithmetic_facts.py " + " ".join(models),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "wall_s": round(time.time() - start, 1),
-            "metrics": metrics,
-        },
+    write_bench_result(
+        "arithmetic_facts",
+        metrics,
+        time.time() - start,
+        command=".venv/bin/python bench/arithmetic_facts.py " + " ".join(models),
     )
 
 

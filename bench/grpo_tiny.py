@@ -14,7 +14,6 @@ Writes bench/results/grpo_tiny.json.
 
 from __future__ import annotations
 
-import datetime
 import json
 import shutil
 import statistics
@@ -39,7 +38,7 @@ def main() -> None:
     from rlpost.cache import apply_cache_env
     from rlpost.cluster import init_ray
     from rlpost.evaluate import EvalConfig, evaluate_models
-    from rlpost.metrics import read_metrics, write_json
+    from rlpost.metrics import read_metrics, write_bench_result
     from rlpost.tasks import EVAL_POOL, make_problems
 
     apply_cache_env()
@@ -106,26 +105,21 @@ def main() -> None:
     acc = {name: {mode: r["arithmetic"]["accuracy"] for mode, r in res.items()} for name, res in results.items()}
     phases = ("rollout", "reward", "reference", "train", "sync", "eval", "checkpoint", "step")
     by_phase = {p: round(statistics.median(m.get(f"time/{p}", 0.0) or 0.0 for m in steps), 3) for p in phases}
-    out = {
-        "command": ".venv/bin/python bench/grpo_tiny.py",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "wall_s": round(time.time() - start, 1),
-        "metrics": {
-            "accuracy_before": acc["before"]["sampled"],
-            "accuracy_after": acc["grpo"]["sampled"],
-            "accuracy_sft_equal_time": acc["sft_equal_time"]["sampled"],
-            "greedy_before": acc["before"]["greedy"],
-            "greedy_after": acc["grpo"]["greedy"],
-            "greedy_sft_equal_time": acc["sft_equal_time"]["greedy"],
-            "steps": len(steps),
-            "rl_minutes": round(rl_minutes, 2),
-            "sft_equal_time_steps": max(m["step"] for m in read_metrics(SFT_MORE_DIR)),
-            "step_time_s_by_phase": by_phase,
-            "eval": f"{EVAL_POOL} held-out arithmetic problems; sampled = temperature 1, mean over 4 samples (pass@1)",
-        },
+    metrics = {
+        "accuracy_before": acc["before"]["sampled"],
+        "accuracy_after": acc["grpo"]["sampled"],
+        "accuracy_sft_equal_time": acc["sft_equal_time"]["sampled"],
+        "greedy_before": acc["before"]["greedy"],
+        "greedy_after": acc["grpo"]["greedy"],
+        "greedy_sft_equal_time": acc["sft_equal_time"]["greedy"],
+        "steps": len(steps),
+        "rl_minutes": round(rl_minutes, 2),
+        "sft_equal_time_steps": max(m["step"] for m in read_metrics(SFT_MORE_DIR)),
+        "step_time_s_by_phase": by_phase,
+        "eval": f"{EVAL_POOL} held-out arithmetic problems; sampled = temperature 1, mean over 4 samples (pass@1)",
     }
-    write_json(ROOT / "bench/results/grpo_tiny.json", out)
-    print(json.dumps(out["metrics"], indent=2))
+    write_bench_result("grpo_tiny", metrics, time.time() - start)
+    print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Writes bench/results/reward_model_hh.json.
 
 from __future__ import annotations
 
-import datetime
 import json
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ EPOCHS, BATCH, LR, MAX_MINUTES = 1, 8, 1e-4, 25
 def main() -> None:
     from rlpost.cache import apply_cache_env
     from rlpost.config import load_config, load_recipe
-    from rlpost.metrics import write_json
+    from rlpost.metrics import write_bench_result
     from rlpost.smollm2 import smollm2_folder
 
     apply_cache_env()
@@ -85,15 +84,7 @@ def main() -> None:
         "max_tokens": MAX_TOKENS,
         "held_out": card["held_out"],
     }
-    write_json(
-        ROOT / "bench/results/reward_model_hh.json",
-        {
-            "command": ".venv/bin/python bench/reward_model_hh.py",
-            "date": datetime.date.today().isoformat(),
-            "wall_s": round(time.time() - t_start, 1),
-            "metrics": metrics,
-        },
-    )
+    write_bench_result("reward_model_hh", metrics, time.time() - t_start)
     print(json.dumps(metrics["held_out"], indent=1))
 
 

@@ -18,7 +18,6 @@ Writes bench/results/reward_model_tiny.json.
 
 from __future__ import annotations
 
-import datetime
 import json
 import statistics
 import time
@@ -37,7 +36,7 @@ def main() -> None:
     from rlpost.cache import apply_cache_env
     from rlpost.candidates import load_prompts, sample_candidates
     from rlpost.config import load_config, load_recipe
-    from rlpost.metrics import write_json
+    from rlpost.metrics import write_bench_result
     from rlpost.simulated_labeler import LABELER, label, preference_key
 
     apply_cache_env()
@@ -113,15 +112,7 @@ def main() -> None:
             for name, r in runs.items()
         },
     }
-    write_json(
-        ROOT / "bench/results/reward_model_tiny.json",
-        {
-            "command": ".venv/bin/python bench/reward_model_tiny.py",
-            "date": datetime.date.today().isoformat(),
-            "wall_s": round(time.time() - t_start, 1),
-            "metrics": metrics,
-        },
-    )
+    write_bench_result("reward_model_tiny", metrics, time.time() - t_start)
     print(json.dumps(metrics, indent=1))
 
 

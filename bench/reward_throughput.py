@@ -18,7 +18,6 @@ The machine has 2 cores shared with other work: compare numbers within one run.
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import json
 import os
@@ -38,7 +37,6 @@ from rlpost.reward_refs import RewardSpec  # noqa: E402
 from rlpost.reward_runner import RewardRunner, RewardWorker  # noqa: E402
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl.gz"
-RESULTS = PROJECT_ROOT / "bench" / "results" / "reward_throughput.json"
 BATCH_SIZE = 256
 IN_FLIGHT_PER_WORKER = 2  # a second batch queued per worker hides the round trip
 
@@ -159,16 +157,10 @@ def main() -> None:
     )
     metrics["load_average_1m_at_end"] = os.getloadavg()[0]
 
-    report = {
-        "command": ".venv/bin/python bench/reward_throughput.py",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": time.perf_counter() - bench_started,
-        "metrics": metrics,
-    }
-    from rlpost.metrics import write_json
+    from rlpost.metrics import write_bench_result
 
-    write_json(RESULTS, report)
-    print(f"wrote {RESULTS}")
+    path = write_bench_result("reward_throughput", metrics, time.perf_counter() - bench_started)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,6 +226,7 @@ def main() -> None:
     args = parser.parse_args()
 
     wall0 = time.perf_counter()
+    from rlpost.metrics import write_bench_result
     from rlpost.rollout import rollout_env
 
     for key, value in rollout_env(args.kv_cache_gib).items():
@@ -294,16 +294,15 @@ def main() -> None:
 
     metrics["load_avg_before"] = [round(x, 2) for x in load_before]
     metrics["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    result = {
-        "command": " ".join([".venv/bin/python bench/rollout_throughput.py", *sys.argv[1:]]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(time.perf_counter() - wall0, 1),
-        "metrics": metrics,
-    }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    path = write_bench_result(
+        out.stem,
+        metrics,
+        time.perf_counter() - wall0,
+        command=" ".join([".venv/bin/python bench/rollout_throughput.py", *sys.argv[1:]]),
+        results_dir=out.parent,
+    )
+    print(path.read_text(), end="")
     if tmp is not None:
         tmp.cleanup()
 

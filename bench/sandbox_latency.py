@@ -13,8 +13,6 @@ collect, clean up, answer). Writes bench/results/sandbox.json.
 The machine has 2 cores shared with other work: compare numbers within one run.
 """
 
-import datetime
-import json
 import os
 import statistics
 import sys
@@ -26,7 +24,6 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from sandbox import SandboxPool  # noqa: E402
 
-RESULTS = PROJECT_ROOT / "bench" / "results" / "sandbox.json"
 SNIPPETS = 300
 WARMUP = 20
 PROGRAMS = {  # program: expected stdout
@@ -107,16 +104,12 @@ def main():
         "speedup_2_vs_1_workers": two["snippets_per_s"] / one["snippets_per_s"],
         "load_average_1m_at_end": os.getloadavg()[0],
     }
-    report = {
-        "command": ".venv/bin/python bench/sandbox_latency.py",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": time.monotonic() - started,
-        "metrics": metrics,
-    }
-    from rlpost.metrics import write_json
+    from rlpost.metrics import write_bench_result
 
-    write_json(RESULTS, report)
-    print(json.dumps(report, indent=2))
+    path = write_bench_result(
+        "sandbox", metrics, time.monotonic() - started, command=".venv/bin/python bench/sandbox_latency.py"
+    )
+    print(path.read_text(), end="")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Writes bench/results/spelling_bee.json.
 
 from __future__ import annotations
 
-import datetime
 import json
 import shutil
 import statistics
@@ -33,7 +32,7 @@ def main() -> None:
     from rlpost.cache import apply_cache_env
     from rlpost.cluster import VLLMConfig, init_ray, start_rollout_workers
     from rlpost.evaluate import EvalConfig, evaluate
-    from rlpost.metrics import read_metrics, write_json
+    from rlpost.metrics import read_metrics, write_bench_result
     from rlpost.tasks import make_problems
     from rlpost.tokenizer import load_tokenizer
     from rlpost.tools import ToolConfig
@@ -82,22 +81,17 @@ def main() -> None:
         ray.kill(worker)
 
     phases = ("rollout", "tool", "reward", "train", "sync", "step")
-    out = {
-        "command": ".venv/bin/python bench/spelling_bee.py",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "wall_s": round(time.time() - start, 1),
-        "metrics": {
-            **accuracy,
-            "grpo_steps": len(steps),
-            "grpo_minutes": round(sum(m["time/step"] for m in steps) / 60, 2),
-            "step_time_s_by_phase": {
-                p: round(statistics.median(m.get(f"time/{p}", 0.0) for m in steps), 3) for p in phases
-            },
-            "eval": "500 held-out spelling-bee problems; sampled = temperature 1, mean over 4 samples (pass@1)",
+    metrics = {
+        **accuracy,
+        "grpo_steps": len(steps),
+        "grpo_minutes": round(sum(m["time/step"] for m in steps) / 60, 2),
+        "step_time_s_by_phase": {
+            p: round(statistics.median(m.get(f"time/{p}", 0.0) for m in steps), 3) for p in phases
         },
+        "eval": "500 held-out spelling-bee problems; sampled = temperature 1, mean over 4 samples (pass@1)",
     }
-    write_json(ROOT / "bench/results/spelling_bee.json", out)
-    print(json.dumps(out["metrics"], indent=2))
+    write_bench_result("spelling_bee", metrics, time.time() - start)
+    print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlpost.config import doc
+
+BENCH_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 
 @dataclass
@@ -72,6 +76,27 @@ class MetricsLogger:
 def write_json(path: str | Path, obj) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def write_bench_result(
+    name: str, metrics: dict, wall_s: float, command: str | None = None, results_dir: str | Path = BENCH_RESULTS
+) -> Path:
+    """Write `results_dir/<name>.json` as every bench does: the command that reproduces it
+    (default `.venv/bin/python bench/<name>.py` and this process's arguments), the UTC date and
+    time, the wall time in seconds (one decimal) and the bench's own `metrics`. Returns the path."""
+    if command is None:
+        command = " ".join([f".venv/bin/python bench/{name}.py", *sys.argv[1:]])
+    path = Path(results_dir) / f"{name}.json"
+    write_json(
+        path,
+        {
+            "command": command,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wall_s": round(wall_s, 1),
+            "metrics": metrics,
+        },
+    )
+    return path
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
