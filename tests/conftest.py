@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.config import load_recipe  # noqa: F401  (tests import it from here)
+from rlpost.config import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -51,6 +51,53 @@ def run_recipe(script: str, args: list[str], timeout: float = 900) -> subprocess
 @pytest.fixture(scope="session")
 def grpo_recipe():
     return load_recipe("grpo")
+
+
+# Two tiny GRPO steps; the length reward gives every group some spread, so updates are never empty.
+GRPO_TINY_ARGS = [
+    "--steps",
+    "2",
+    "--eval_every",
+    "2",
+    "--checkpoint_every",
+    "1",
+    "--eval.problems_per_task",
+    "8",
+    "--rollout.prompts_per_step",
+    "4",
+    "--rollout.n",
+    "4",
+    "--rollout.max_new_tokens",
+    "32",
+    "--rewards.functions",
+    "[{name: math}, {name: length, weight: 0.5}]",
+    "--vllm.kv_cache_gib",
+    "0.25",
+    "--logging.wandb_mode",
+    "disabled",
+    "--optim.lr",
+    "1e-3",
+]
+
+
+def grpo_config(model_path, run_dir, extra=()):
+    """The GRPO recipe's config for a tiny run (recipes/configs/grpo_tiny.yaml, then
+    GRPO_TINY_ARGS, then `extra`, which overrides both)."""
+    from rlpost.config import load_config
+
+    return load_config(
+        load_recipe("grpo").GRPOConfig,
+        [
+            "--config",
+            "recipes/configs/grpo_tiny.yaml",
+            "--model_path",
+            str(model_path),
+            "--run_dir",
+            str(run_dir),
+            *GRPO_TINY_ARGS,
+            *extra,
+        ],
+    )
 
 
 def metrics(run_dir: Path) -> list[dict]:

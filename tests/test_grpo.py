@@ -6,55 +6,9 @@ import json
 import math
 
 import pytest
-from conftest import metrics
+from conftest import grpo_config, metrics
 
 pytestmark = pytest.mark.slow
-
-# Two tiny steps; the length reward gives every group some spread, so updates are never empty.
-TINY = [
-    "--steps",
-    "2",
-    "--eval_every",
-    "2",
-    "--checkpoint_every",
-    "1",
-    "--eval.problems_per_task",
-    "8",
-    "--rollout.prompts_per_step",
-    "4",
-    "--rollout.n",
-    "4",
-    "--rollout.max_new_tokens",
-    "32",
-    "--rewards.functions",
-    "[{name: math}, {name: length, weight: 0.5}]",
-    "--vllm.kv_cache_gib",
-    "0.25",
-    "--logging.wandb_mode",
-    "disabled",
-    "--optim.lr",
-    "1e-3",
-]
-
-
-def _config(model_path, run_dir, extra=()):
-    from conftest import load_recipe
-
-    from rlpost.config import load_config
-
-    return load_config(
-        load_recipe("grpo").GRPOConfig,
-        [
-            "--config",
-            "recipes/configs/grpo_tiny.yaml",
-            "--model_path",
-            str(model_path),
-            "--run_dir",
-            str(run_dir),
-            *TINY,
-            *extra,
-        ],
-    )
 
 
 def _weights(path):
@@ -80,7 +34,7 @@ def grpo_run(sft_run, ray_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("grpo")
     rewards = f"[{{name: math}}, {{name: '{user_dir}/my_rewards.py:brevity', weight: 0.5}}]"
     extra = ["--rewards.functions", rewards, "--algo.refill_rounds", "3"]
-    result = load_recipe("grpo").train(_config(sft_run / "model", run_dir, extra))
+    result = load_recipe("grpo").train(grpo_config(sft_run / "model", run_dir, extra))
     return run_dir, result
 
 
@@ -201,7 +155,7 @@ def test_the_monitor_stops_a_run_whose_reward_pays_for_repetition(sft_run, ray_c
         "--checkpoint_every",
         "0",
     ]
-    result = load_recipe("grpo").train(_config(sft_run / "model", run_dir, extra))
+    result = load_recipe("grpo").train(grpo_config(sft_run / "model", run_dir, extra))
     assert result["steps"] == 1
     (m,) = [m for m in metrics(run_dir) if "cursor" in m]
     assert m["monitor/alarm/canary"] == 1 and m["monitor/canary/repeat"] == 1.0
@@ -282,7 +236,7 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
     from rlpost.tasks import make_problems
     from rlpost.tokenizer import load_tokenizer, stop_token_ids
 
-    cfg = _config(
+    cfg = grpo_config(
         sft_run / "model",
         tmp_path,
         [
@@ -357,10 +311,10 @@ def test_resume_continues_from_checkpoint(grpo_run, sft_run, ray_cluster, tmp_pa
 
     run_dir = tmp_path / "resumed"
     extra = ["--steps", "2"]
-    train(_config(sft_run / "model", run_dir, extra))
+    train(grpo_config(sft_run / "model", run_dir, extra))
     # Step lines carry the data cursor (a step whose groups were all dropped has no "loss").
     first = [m for m in metrics(run_dir) if "cursor" in m]
-    result = train(_config(sft_run / "model", run_dir, ["--steps", "4", "--resume"]))
+    result = train(grpo_config(sft_run / "model", run_dir, ["--steps", "4", "--resume"]))
     assert result["steps"] == 4
     steps = [m for m in metrics(run_dir) if "cursor" in m]
     assert [m["step"] for m in steps] == [1, 2, 3, 4]
@@ -377,7 +331,7 @@ def test_a_bad_reward_reference_stops_the_run_before_the_engines_start(sft_run, 
     from rlpost.config import ConfigError
 
     (tmp_path / "my_rewards.py").write_text("def other(prompts, completions, **columns):\n    return [0.0]\n")
-    cfg = _config(
+    cfg = grpo_config(
         sft_run / "model", tmp_path, ["--rewards.functions", f"[{{name: '{tmp_path}/my_rewards.py:brevity'}}]"]
     )
     with pytest.raises(ConfigError, match=r"rewards.functions: .*my_rewards.py:brevity.*has no attribute 'brevity'"):

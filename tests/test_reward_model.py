@@ -11,7 +11,7 @@ import math
 import re
 
 import pytest
-from conftest import load_recipe, metrics, run_recipe
+from conftest import grpo_config, load_recipe, metrics, run_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -185,39 +185,22 @@ def test_a_bad_rankings_line_stops_before_training(pretrained, tmp_path):
 
 
 def test_grpo_two_steps_with_the_learned_reward(reward_run, sft_run, ray_cluster, tmp_path):
-    from rlpost.config import load_config
-
     grpo = load_recipe("grpo")
     rewards = f"[{{name: reward_model, timeout_s: 60, kwargs: {{path: '{reward_run[0] / 'model'}', batch_size: 8}}}}]"
-    cfg = load_config(
-        grpo.GRPOConfig,
+    cfg = grpo_config(
+        sft_run / "model",
+        tmp_path,
         [
-            "--config",
-            "recipes/configs/grpo_tiny.yaml",
-            "--model_path",
-            str(sft_run / "model"),
-            "--run_dir",
-            str(tmp_path),
-            "--steps",
-            "2",
             "--eval_every",
             "0",
             "--checkpoint_every",
             "0",
             "--eval.problems_per_task",
             "4",
-            "--rollout.prompts_per_step",
-            "4",
-            "--rollout.n",
-            "4",
-            "--rollout.max_new_tokens",
-            "32",
             "--rewards.functions",
             rewards,
-            "--vllm.kv_cache_gib",
-            "0.25",
-            "--logging.wandb_mode",
-            "disabled",
+            "--optim.lr",
+            "1e-4",
         ],
     )
     result = grpo.train(cfg)
