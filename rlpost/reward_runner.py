@@ -5,7 +5,9 @@ in its own supervised child process (`rlpost.reward_process`), all in parallel,
 and combines them:
 
 - ``total`` is the weighted sum of the values per sample (``default_reward``
-  where no function gave one); ``per_fn`` holds each function's raw values;
+  where no function of nonzero weight gave one: a weight-0 function, such as a
+  monitor's judge, is reported but never makes a total); ``per_fn`` holds each
+  function's raw values;
 - failed samples get None from that function; the per-function counts of failed
   samples and the first `RewardError` of each kind per function are returned in
   the `RewardResult` (nothing is logged here: the caller prints what it wants);
@@ -65,8 +67,8 @@ class RewardResult:
     """Rewards of one batch, with what went wrong (picklable)."""
 
     total: list[float | None]
-    """Weighted sum per sample over the functions that gave a value; the default
-    reward (or None) where none did."""
+    """Weighted sum per sample over the functions of nonzero weight that gave a value;
+    the default reward (or None) where none did."""
 
     per_fn: dict[str, list[float | None]]
     """Raw, unweighted values per function name (None: no value or failed)."""
@@ -226,7 +228,7 @@ class RewardRunner:
         weighted = [
             spec.weight * outcomes[name].values[index]
             for spec, name in zip(self.specs, self.names)
-            if outcomes[name].values[index] is not None
+            if spec.weight != 0 and outcomes[name].values[index] is not None
         ]
         return sum(weighted) if weighted else self.default_reward
 

@@ -255,7 +255,7 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
         rewards, accuracy, per_fn, failures, errors = score(
             actors, problems, num_tokens, texts, cfg.rollout.max_new_tokens
         )
-        judged = _take_judge(judge, rewards, per_fn, cfg.rewards.default_reward)
+        judged = _take_judge(judge, per_fn)
         timings["time/reward"] += time.perf_counter() - t0
         canaries = []
         if round_index == 0 and monitor is not None and monitor.enabled and monitor.canaries:
@@ -276,17 +276,10 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
     return groups, cursor, timings
 
 
-def _take_judge(judge: str | None, rewards: list[float], per_fn: dict, default_reward: float | None) -> list:
+def _take_judge(judge: str | None, per_fn: dict) -> list:
     """Move the monitor's judge out of the per-function values (it is no reward) and return its
-    values. The judge ran at weight 0, which adds nothing to a total, except where it was the only
-    function with a value: there the total must be what it would have been without the judge."""
-    if judge is None:
-        return []
-    values = per_fn.pop(judge)
-    for i in range(len(rewards)):
-        if all(own[i] is None for own in per_fn.values()):
-            rewards[i] = math.nan if default_reward is None else default_reward
-    return values
+    values. It ran at weight 0, so the totals are already those of the reward functions alone."""
+    return [] if judge is None else per_fn.pop(judge)
 
 
 def score_canaries(actors, tokenizer, problems: list[Problem], texts: list[str], cfg, judge: str | None):
@@ -304,7 +297,7 @@ def score_canaries(actors, tokenizer, problems: list[Problem], texts: list[str],
     canary_text = [c.text for c in canaries]
     num_tokens = [len(ids) for ids in tokenizer(canary_text, add_special_tokens=False)["input_ids"]]
     rewards, _, per_fn, _, errors = score(actors, problems, num_tokens, canary_text, cfg.rollout.max_new_tokens)
-    _take_judge(judge, rewards, per_fn, cfg.rewards.default_reward)
+    _take_judge(judge, per_fn)
     for canary, reward in zip(canaries, rewards):
         canary.reward = reward
     return canaries, errors

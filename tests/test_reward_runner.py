@@ -183,6 +183,17 @@ def test_none_means_no_opinion_and_default_reward(make_runner):
     assert with_default.score(["p"] * 2, ["a", "b"]).total == [1.0, -1.0]
 
 
+def test_a_weight_0_function_is_reported_but_never_makes_a_total(user_file):
+    # Sample 1: only the weight-0 function gave a value (a monitor's judge runs like this).
+    specs = [RewardSpec(f"{user_file}:none_on_odd"), RewardSpec(f"{user_file}:length", weight=0.0)]
+    with RewardRunner(specs) as runner:
+        result = runner.score(["p", "p"], ["ab", "xyz"])
+        assert result.per_fn == {"none_on_odd": [1.0, None], "length": [2.0, 3.0]}
+        assert result.total == [1.0, None]
+    with RewardRunner(specs, default_reward=-1.0) as runner:
+        assert runner.score(["p", "p"], ["ab", "xyz"]).total == [1.0, -1.0]
+
+
 def test_async_and_per_sample_functions(make_runner):
     runner = make_runner("async_length", "per_sample_exact")
     result = runner.score(["p", "p"], ["abc", "z"], {"answer": ["abc", "y"]})
