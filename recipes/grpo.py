@@ -3,7 +3,7 @@
     python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml [--rollout.n 16 --optim.lr 5e-5]
     ray job submit --working-dir . -- python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml
 
-One step (the loop in `train`; each piece is a named function of rlpost/rl_steps.py):
+One step (the loop of rlpost/rl_loop.py, shared with PPO; GRPO's own part is `GRPO.update`):
     prompts ──▶ RolloutWorker × R (vLLM) ──▶ RewardWorker × W ──▶ group advantages per token
         ──▶ Learner ranks (DeepSpeed, PPO-clip) ──▶ weight sync to every engine ──▶ metrics
 with a held-out evaluation every `eval_every` steps and at the end, and an atomic checkpoint
@@ -15,9 +15,7 @@ monitor (rlpost/hacking_monitor.py) reads every step and may end the run early. 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rlpost.cache import apply_cache_env
 from rlpost.cluster import PlacementConfig, SyncConfig, VLLMConfig
@@ -69,110 +67,39 @@ class GRPOConfig:
             )
 
 
-def train(cfg: GRPOConfig) -> dict:
-    from tqdm import tqdm
+class GRPO:
+    """GRPO's update: group advantages broadcast over each sample's tokens, then the learner's
+    PPO-clip step (no critic)."""
 
-    from rlpost.cluster import RLActors, init_ray
-    from rlpost.config import check_path, save_config, to_dict
-    from rlpost.evaluate import evaluate
-    from rlpost.hacking_monitor import Monitor, with_judge
-    from rlpost.metrics import MetricsLogger
-    from rlpost.rl_steps import build_trajectories, collect_groups, monitor_signals, prompt_pool, step_metrics
-    from rlpost.tasks import VERIFIERS, make_problems
-    from rlpost.tokenizer import load_tokenizer
+    name = "grpo"
 
-    check_path("model_path", cfg.model_path)
-    if cfg.data.gsm8k:
-        check_path("data.gsm8k", cfg.data.gsm8k)
-    run_dir = Path(cfg.run_dir)
-    save_config(cfg, run_dir / "config.yaml")
-    tokenizer = load_tokenizer(cfg.model_path)
-    pool = prompt_pool(cfg.data)
-    held_out = [p for task in cfg.data.tasks for p in make_problems(task, "eval", cfg.eval.problems_per_task)]
+    def __init__(self, cfg: GRPOConfig):
+        self.cfg = cfg
 
-    init_ray(run_log=run_dir / "actors.log")
-    print(f"starting the actors (their output goes to {run_dir / 'actors.log'})")
-    # The monitor's judge, if any, runs in the reward workers as one more reward function of weight 0.
-    actors = RLActors(
-        with_judge(cfg), total_steps=cfg.steps, verifiers={t: VERIFIERS[t] for t in {p.task for p in pool}}
-    )
-    logger = MetricsLogger(run_dir, cfg.logging, "grpo", config=to_dict(cfg))
-    step, cursor = 0, 0
-    if cfg.resume:
-        state = actors.learners.call("load_latest", str(run_dir))[0]
-        if state is not None:
-            step, cursor = state["step"], state["cursor"]
-            actors.sync_weights()  # the engines start from model_path; give them the resumed policy
-            print(f"resumed from step {step}")
-    monitor = Monitor(cfg.monitor, run_dir, step, save_policy=lambda path: actors.learners.call("save_hf", path))
+    def update(self, actors, groups, step: int) -> tuple[dict, bool]:
+        from rlpost.cluster import mean_over_ranks
+        from rlpost.rl_steps import build_trajectories
 
-    def evaluate_held_out() -> dict:
-        result = evaluate(actors.rollouts[0], tokenizer, held_out, cfg.eval, tools=cfg.tools)
-        return {f"eval/{t}": r["accuracy"] for t, r in result.items() if t != "transcripts"}
-
-    def save_checkpoint() -> None:
-        actors.learners.call("save_checkpoint", str(run_dir), step, {"cursor": cursor})
-
-    if step == 0 and cfg.eval_every:
-        logger.log(0, evaluate_held_out())
-    start = time.time()
-    # A run bounded by minutes shows minutes; otherwise steps.
-    by_time = cfg.max_minutes > 0
-    bar = tqdm(total=cfg.max_minutes if by_time else cfg.steps, initial=0 if by_time else step, desc="grpo",
-               unit="min" if by_time else "step", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} {unit} {postfix}"
-               if by_time else None)  # fmt: skip
-    reported_errors: set = set()
-    saved_at = step
-    while step < cfg.steps and not monitor.stop:
-        if by_time and time.time() - start > 60 * cfg.max_minutes:
-            print(f"stopping after {cfg.max_minutes} minutes of RL (step {step})")
-            break
-        t_step = time.perf_counter()
-        # prompts → rollouts → rewards, refilled while too few groups carry a signal
-        groups, cursor, metrics = collect_groups(actors, tokenizer, pool, cursor, cfg, reported_errors)
-        metrics.update(step_metrics(groups, cfg.rollout.n), cursor=cursor)
-        monitor.keep_if_best(step + 1, groups.judge)  # before the update: the learner holds the sampling policy
-        # advantages → the learner's update
+        cfg, metrics = self.cfg, {}
         trajectories, metrics["groups_trained"] = build_trajectories(groups, cfg.algo, cfg.rollout)
         metrics["samples_trained"] = len(trajectories)
-        if trajectories:
-            per_rank = actors.learners.call("train", trajectories, cfg.rollout.temperature)
-            metrics.update({k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]})
-        else:
+        if not trajectories:
             print(f"step {step + 1}: every group was dropped (no reward signal); skipping the update")
-        step += 1
-        metrics.update(monitor.observe(step, monitor_signals(groups, cfg.rollout.n, metrics.get("kl"))))
-        # weight sync → the engines sample from the new policy
-        metrics["time/sync"] = actors.sync_weights() if trajectories and step % cfg.sync.every == 0 else 0.0
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            t0 = time.perf_counter()
-            metrics.update(evaluate_held_out())
-            metrics["time/eval"] = time.perf_counter() - t0
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            t0 = time.perf_counter()
-            save_checkpoint()
-            saved_at = step
-            metrics["time/checkpoint"] = time.perf_counter() - t0
-        metrics["time/step"] = time.perf_counter() - t_step
-        logger.log(step, metrics)
-        bar.update(min(cfg.max_minutes, (time.time() - start) / 60) - bar.n if by_time else 1)
-        bar.set_postfix(
-            step=step,
-            reward=f"{metrics['reward/mean']:.3f}",
-            acc=f"{metrics['accuracy']:.3f}",
-            kept=metrics["samples_trained"],
-            s=f"{metrics['time/step']:.1f}",
-        )
-    bar.close()
-    if saved_at != step:
-        save_checkpoint()  # so a run stopped by steps or minutes resumes from exactly here
-    actors.learners.call("save_hf", str(run_dir / "model"))
-    final = evaluate_held_out()
-    logger.log(step, {"final/" + k: v for k, v in final.items()})
-    logger.close()
-    monitor.finish()
-    actors.shutdown()
-    return {"steps": step, "eval": final, "wall_s": time.time() - start}
+            return metrics, False
+        metrics.update(mean_over_ranks(actors.learners.call("train", trajectories, cfg.rollout.temperature)))
+        return metrics, True
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+
+def train(cfg: GRPOConfig) -> dict:
+    from rlpost.rl_loop import run
+
+    return run(cfg, GRPO(cfg))
 
 
 if __name__ == "__main__":

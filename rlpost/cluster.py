@@ -110,6 +110,11 @@ class ActorGroup:
             ray.kill(actor)
 
 
+def mean_over_ranks(per_rank: list[dict]) -> dict:
+    """The ranks' metrics averaged key by key (each rank reports the same keys)."""
+    return {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Rollout workers
 
@@ -202,12 +207,18 @@ class SyncConfig:
             raise ConfigError(f"sync.every: must be at least 1, got {self.every}")
 
 
+def _bundle(cpus: float, gpus: float) -> dict:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
 class RLActors:
     """The RL run's actors in one placement group: learner ranks (DeepSpeed), rollout workers
-    (vLLM) and reward workers, plus the weight transport from learner rank 0 to the engines.
+    (vLLM), reward workers and, for PPO, critic ranks (DeepSpeed, their own world), plus the
+    weight transport from learner rank 0 to the engines.
 
     `cfg` is an RL recipe's config (sections model_path, seed, optim, deepspeed, loss, rollout,
-    vllm, placement, sync, rewards); `verifiers` maps each task to the reward that checks it."""
+    vllm, placement, sync, rewards, and `critic` for PPO); `verifiers` maps each task to the
+    reward that checks it."""
 
     def __init__(self, cfg, total_steps: int, verifiers: dict[str, str]):
         import ray
@@ -219,21 +230,30 @@ class RLActors:
         from rlpost.weight_sync import free_port
 
         p, v, world = cfg.placement, cfg.vllm, cfg.deepspeed.world_size
-        learner_bundle = {"CPU": p.learner_cpus, **({"GPU": p.learner_gpus} if p.learner_gpus else {})}
-        rollout_bundle = {"CPU": v.num_cpus, **({"GPU": v.num_gpus} if v.num_gpus else {})}
+        critic = getattr(cfg, "critic", None)
         bundles = (
-            [learner_bundle] * world
-            + [rollout_bundle] * v.num_workers
+            [_bundle(p.learner_cpus, p.learner_gpus)] * world
+            + [_bundle(v.num_cpus, v.num_gpus)] * v.num_workers
             + [{"CPU": p.reward_cpus}] * cfg.rewards.num_workers
+            + ([_bundle(critic.num_cpus, critic.num_gpus)] * world if critic else [])
         )
+        for resource in ("CPU", "GPU"):
+            need, have = sum(b.get(resource, 0) for b in bundles), ray.cluster_resources().get(resource, 0)
+            if need > have:
+                raise ConfigError(
+                    f"placement: the actors need {need:g} {resource}s (learner ranks placement.learner_{resource.lower()}s, "
+                    f"rollout workers vllm.num_{resource.lower()}s, reward workers, critic ranks critic.num_"
+                    f"{resource.lower()}s) but the cluster has {have:g}; lower them (fractions time-share a box)"
+                )
         self.pg = placement_group(bundles, strategy=p.strategy)
         ray.get(self.pg.ready(), timeout=600)
         first_rollout, first_reward = world, world + v.num_workers
+        first_critic = first_reward + cfg.rewards.num_workers
 
         # Reward workers first: a bad reward reference stops the run before the engines load.
         # File references are made absolute here: a job's actors may run in another folder.
         specs = [replace(spec, name=absolute_reference(spec.name)) for spec in cfg.rewards.functions]
-        self.learners = self.rollouts = None
+        self.learners = self.rollouts = self.critics = None
         self.rewards = ActorGroup(
             [
                 make_actor(
@@ -262,10 +282,38 @@ class RLActors:
                     total_steps=total_steps,
                     max_new_tokens=cfg.rollout.max_new_tokens,
                     seed=cfg.seed,
+                    reference=critic is not None,  # PPO's KL reward needs the reference's logprobs
                 )
                 for rank in range(world)
             ]
         )
+        if critic is not None:
+            from rlpost.critic import Critic
+
+            critic_port = free_port()
+            self.critics = ActorGroup(
+                [
+                    make_actor(
+                        Critic,
+                        num_cpus=critic.num_cpus,
+                        num_gpus=critic.num_gpus,
+                        bundle=(self.pg, first_critic + rank),
+                    ).remote(
+                        critic.path if critic.init == "reward_model" else cfg.model_path,
+                        critic,
+                        cfg.optim,
+                        cfg.deepspeed,
+                        replace(cfg.loss, kl_coef=0.0),
+                        rank=rank,
+                        master_addr=master_addr,
+                        master_port=critic_port,
+                        total_steps=total_steps,
+                        max_new_tokens=cfg.rollout.max_new_tokens,
+                        seed=cfg.seed,
+                    )
+                    for rank in range(world)
+                ]
+            )
         self.rollouts = start_rollout_workers(
             cfg.model_path, v, cfg.seed, bundles=[(self.pg, first_rollout + i) for i in range(v.num_workers)]
         )
@@ -295,10 +343,26 @@ class RLActors:
             ray.get(received)
         return time.perf_counter() - t0
 
+    def save_checkpoint(self, run_dir: str | Path, step: int, state: dict) -> None:
+        """Checkpoint the policy (with the loop's `state`) and the critic, if any. The critic's is
+        written first: the policy's `latest` pointer then names a step the critic also has."""
+        if self.critics is not None:
+            self.critics.call("save_checkpoint", str(Path(run_dir) / "critic"), step, {})
+        self.learners.call("save_checkpoint", str(run_dir), step, state)
+
+    def load_latest(self, run_dir: str | Path) -> dict | None:
+        """Resume the policy from its latest checkpoint and the critic from the same step; returns
+        the loop's state, or None when there is no checkpoint."""
+        state = self.learners.call("load_latest", str(run_dir))[0]
+        if state is not None and self.critics is not None:
+            if self.critics.call("load_latest", str(Path(run_dir) / "critic"), state["step"])[0] is None:
+                raise FileNotFoundError(f"{run_dir}/critic has no checkpoint of step {state['step']}")
+        return state
+
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
-        for group in (self.rollouts, self.learners, self.rewards):
+        for group in (self.rollouts, self.learners, self.critics, self.rewards):
             if group is not None:
                 group.kill()
         remove_placement_group(self.pg)

@@ -28,13 +28,21 @@ from rlpost.trainer import DeepSpeedConfig, DeepSpeedTrainer, OptimConfig, token
 
 @dataclass
 class Trajectory:
-    """One sampled completion, as the learner trains on it. The four lists are per completion token."""
+    """One sampled completion, as the learner (and PPO's critic) trains on it. Every list is per
+    completion token; the optional ones are filled by PPO before the update."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
     sampling_logprobs: list[float]  # vLLM's logprob of each completion token
     completion_mask: list[int]  # 1 = sampled by the policy (trained), 0 = injected tool output
     advantages: list[float]  # GRPO/RLOO repeat the sequence's advantage; GAE gives each token its own
+    old_logprobs: list[float] | None = None  # the learner's, before the update (else computed in `train`)
+    values: list[float] | None = None  # the critic's, before its update
+    returns: list[float] | None = None  # the critic's targets: advantages + values
+
+
+# Per-token fields `pack` lays out as [B, T-1] columns; the optional ones only when every sample has them.
+TOKEN_FIELDS = ("sampling_logprobs", "advantages", "old_logprobs", "values", "returns")
 
 
 @dataclass
@@ -74,34 +82,45 @@ class PolicyLossConfig:
 def pack(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors aligned with `token_logprobs` (position t predicts token t+1).
 
-    `input_ids` is [B, T]; `mask`, `sampling_logprobs` and `advantages` are [B, T-1], where
-    column len(prompt_ids) - 1 + j holds completion token j and every other column is 0;
-    `last` is the column of each sample's last completion token."""
+    `input_ids` is [B, T]; `mask` and every per-token field present in all samples
+    (`TOKEN_FIELDS`) are [B, T-1], where column len(prompt_ids) - 1 + j holds completion token
+    j and every other column is 0; `last` is the column of each sample's last completion token."""
     width = max(len(t.prompt_ids) + len(t.completion_ids) for t in trajectories)
     n = len(trajectories)
+    names = [f for f in TOKEN_FIELDS if all(getattr(t, f) is not None for t in trajectories)]
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width - 1), dtype=torch.bool)
-    sampling_lp = torch.zeros((n, width - 1))
-    advantages = torch.zeros((n, width - 1))
+    out = {"mask": torch.zeros((n, width - 1), dtype=torch.bool), **{f: torch.zeros((n, width - 1)) for f in names}}
     last = torch.zeros(n, dtype=torch.long)
     for i, t in enumerate(trajectories):
-        if not len(t.completion_ids) == len(t.sampling_logprobs) == len(t.completion_mask) == len(t.advantages):
+        if any(len(getattr(t, f)) != len(t.completion_ids) for f in ["completion_mask", *names]):
             raise ValueError(f"trajectory {i}: its per-completion-token lists differ in length")
         ids = t.prompt_ids + t.completion_ids
         input_ids[i, : len(ids)] = torch.tensor(ids)
         start = len(t.prompt_ids) - 1
         end = start + len(t.completion_ids)
-        mask[i, start:end] = torch.tensor(t.completion_mask, dtype=torch.bool)
-        sampling_lp[i, start:end] = torch.tensor(t.sampling_logprobs)
-        advantages[i, start:end] = torch.tensor(t.advantages)
+        out["mask"][i, start:end] = torch.tensor(t.completion_mask, dtype=torch.bool)
+        for f in names:
+            out[f][i, start:end] = torch.tensor(getattr(t, f))
         last[i] = end - 1
-    return {
-        "input_ids": input_ids,
-        "mask": mask,
-        "sampling_logprobs": sampling_lp,
-        "advantages": advantages,
-        "last": last,
-    }
+    return {"input_ids": input_ids, **out, "last": last}
+
+
+def unpack(values: torch.Tensor, batch: dict[str, torch.Tensor], trajectories: list[Trajectory]) -> list[list[float]]:
+    """The completion-token columns of a packed [B, T-1] tensor, as one list per trajectory."""
+    return [values[i, len(t.prompt_ids) - 1 : int(batch["last"][i]) + 1].tolist() for i, t in enumerate(trajectories)]
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """This rank's share of a step's samples: every world_size-th one."""
+    return items[rank::world_size]
+
+
+def unshard(per_rank: list[list]) -> list:
+    """The inverse of `shard`: the ranks' lists interleaved back into sample order."""
+    out = [None] * sum(len(part) for part in per_rank)
+    for rank, part in enumerate(per_rank):
+        out[rank :: len(per_rank)] = part
+    return out
 
 
 def length_sorted_parts(indices: torch.Tensor, last: torch.Tensor, parts: int) -> list[torch.Tensor]:
@@ -155,7 +174,12 @@ class Learner:
         total_steps: int,
         max_new_tokens: int,
         seed: int = 0,
+        reference: bool = False,
+        model=None,
     ):
+        """`reference`: also load the frozen starting policy for `logprobs` (PPO's KL reward);
+        it is loaded anyway when the loss has a KL term. `model`: train this prebuilt model
+        instead of the causal LM at `model_path` (PPO's critic)."""
         from rlpost.model import load_model
         from rlpost.tokenizer import load_tokenizer
 
@@ -172,15 +196,16 @@ class Learner:
             master_addr=master_addr,
             master_port=master_port,
             seed=seed,
+            model=model,
         )
         self.tokenizer = load_tokenizer(model_path)
         self.reference = None
-        if loss.kl_coef > 0:  # the frozen starting policy; skipped entirely when there is no KL term
+        if loss.kl_coef > 0 or reference:  # the frozen starting policy; not loaded when nothing uses it
             self.reference = load_model(model_path, "bfloat16" if self.trainer.bf16 else "float32").eval()
             self.reference.requires_grad_(False)
         # Token-weighted means reported by `train`, summed over micro-batches and ranks.
-        self.token_metrics = ["entropy", "clip_frac", "logprob_gap"]
-        if self.reference is not None:
+        self.token_metrics = ["entropy", "clip_frac", "approx_kl", "logprob_gap"]
+        if loss.kl_coef > 0:
             self.token_metrics.append("kl")
         if loss.tis_cap > 0:
             self.token_metrics += ["tis/weight_mean", "tis/capped_frac"]
@@ -198,15 +223,15 @@ class Learner:
         cfg = self.loss_cfg
         if len(trajectories) < self.world_size:
             raise ValueError(f"{len(trajectories)} trajectories for {self.world_size} learner ranks")
-        shard = trajectories[self.rank :: self.world_size]
-        batch = pack(shard, self.tokenizer.pad_token_id)
+        mine = shard(trajectories, self.rank, self.world_size)
+        batch = pack(mine, self.tokenizer.pad_token_id)
         # Every gradient reduction (and, under ZeRO-3, every forward) is a collective, so all ranks
         # run as many micro-batches as the largest shard needs; the shard sizes are known locally.
         largest_shard = math.ceil(len(trajectories) / self.world_size)
         timings = {}
         t0 = time.perf_counter()
         ref_lp = None
-        if self.reference is not None:
+        if cfg.kl_coef > 0:
             ref_lp = packed_logprobs(
                 lambda ids: self.reference(input_ids=ids, use_cache=False).logits,
                 batch,
@@ -216,19 +241,29 @@ class Learner:
         timings["time/reference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # With one update per batch the "old" policy is the current one: its logprobs are the
-        # detached logprobs of the same forward pass. Otherwise compute them once up front.
-        old_lp = None
-        if cfg.ppo_epochs * cfg.mini_batches > 1:
+        # detached logprobs of the same forward pass. Otherwise they come with the trajectories
+        # (PPO computed them for its KL reward) or are computed once up front.
+        old_lp = batch.get("old_logprobs")
+        if old_lp is None and cfg.ppo_epochs * cfg.mini_batches > 1:
             self.trainer.train_mode(False)
             passes = math.ceil(largest_shard / cfg.micro_batch_size)
             old_lp = packed_logprobs(self.trainer.logits, batch, cfg.micro_batch_size, temperature, passes)
+        out = self._update(batch, largest_shard, old_lp, ref_lp, temperature)
+        timings["time/train"] = time.perf_counter() - t0
+        out["train_tokens"] = sum(sum(t.completion_mask) for t in trajectories)
+        return {**out, **timings}
 
+    def _update(self, batch, largest_shard, old_lp, ref_lp, temperature) -> dict:
+        """`loss.ppo_epochs` passes of `loss.mini_batches` optimizer steps over this rank's packed
+        shard; returns the loss, grad norm, learning rate and token metrics over all ranks."""
+        cfg = self.loss_cfg
         largest_minis = [len(m) for m in torch.tensor_split(torch.arange(largest_shard), cfg.mini_batches)]
         sums = dict.fromkeys(["tokens", *self.token_metrics], 0.0)
         step_sums, step_counts, grad_norms = [], [], []
         self.trainer.train_mode()
         for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(len(shard)) if epoch > 0 else torch.arange(len(shard))
+            samples = len(batch["last"])
+            order = torch.randperm(samples) if epoch > 0 else torch.arange(samples)
             for mini, largest_mini in zip(torch.tensor_split(order, cfg.mini_batches), largest_minis):
                 if largest_mini == 0:
                     continue  # empty on every rank
@@ -237,7 +272,6 @@ class Learner:
                 step_sums.append(step_sum)
                 step_counts.append(count)
                 grad_norms.append(self.trainer.grad_norm())
-        timings["time/train"] = time.perf_counter() - t0
 
         # One all-reduce for every reported sum.
         totals = self.trainer.sum_over_ranks(torch.tensor([*step_sums, *sums.values()], dtype=torch.float64))
@@ -248,8 +282,7 @@ class Learner:
         out["loss"] = sum(step_losses) / len(step_losses) if step_losses else math.nan
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         out["lr"] = self.trainer.lr()
-        out["train_tokens"] = sum(sum(t.completion_mask) for t in trajectories)
-        return {**out, **timings}
+        return out
 
     def _optimizer_step(self, batch, mini, parts, old_lp, ref_lp, temperature, sums) -> tuple[float, float]:
         """One optimizer step on the mini-batch `mini` (indices into this rank's shard), split
@@ -288,13 +321,18 @@ class Learner:
         old = old_lp[idx, :width] if old_lp is not None else logprobs.detach()
         advantages = batch["advantages"][idx, :width]
         per_token, clipped = ppo_clip_loss(logprobs, old, advantages, cfg.clip_low, cfg.clip_high)
-        stats = {"tokens": mask.sum().item(), "clip_frac": _masked_sum(clipped, mask)}
+        stats = {
+            "tokens": mask.sum().item(),
+            "clip_frac": _masked_sum(clipped, mask),
+            # how far this update has moved the policy from the sampling one (k2 estimate)
+            "approx_kl": _masked_sum(0.5 * (logprobs.detach() - old) ** 2, mask),
+        }
         if cfg.tis_cap > 0:
             weights = truncated_importance_weights(old, sampling, cfg.tis_cap)
             per_token = per_token * weights
             stats["tis/weight_mean"] = _masked_sum(weights, mask)
             stats["tis/capped_frac"] = _masked_sum(old - sampling > math.log(cfg.tis_cap), mask)
-        if ref_lp is not None:
+        if cfg.kl_coef > 0:
             kl = kl_penalty(logprobs, ref_lp[idx, :width], cfg.kl_estimator)
             per_token = per_token + cfg.kl_coef * kl
             stats["kl"] = _masked_sum(kl.detach(), mask)
@@ -306,6 +344,25 @@ class Learner:
             # token is from the probability vLLM sampled it with.
             stats["logprob_gap"] = _masked_sum((logprobs.detach() - sampling).exp().sub(1).abs(), mask)
         return per_token, mask, stats
+
+    @torch.no_grad()
+    def logprobs(self, trajectories: list[Trajectory], temperature: float = 1.0) -> tuple[list, list | None]:
+        """This rank's shard's per-token logprobs under the current policy and under the reference
+        (None without one), one list per trajectory; `unshard` the ranks' results. Every rank
+        must call (ZeRO-3 gathers weights in every forward)."""
+        mine = shard(trajectories, self.rank, self.world_size)
+        batch = pack(mine, self.tokenizer.pad_token_id)
+        size = self.loss_cfg.micro_batch_size
+        passes = math.ceil(math.ceil(len(trajectories) / self.world_size) / size)
+        self.trainer.train_mode(False)
+        policy = packed_logprobs(self.trainer.logits, batch, size, temperature, passes)
+        reference = None
+        if self.reference is not None:
+            ref = packed_logprobs(
+                lambda ids: self.reference(input_ids=ids, use_cache=False).logits, batch, size, temperature
+            )
+            reference = unpack(ref, batch, mine)
+        return unpack(policy, batch, mine), reference
 
     # -- weights -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor] | None:
@@ -340,8 +397,8 @@ class Learner:
     def save_checkpoint(self, run_dir: str, step: int, client_state: dict) -> str:
         return str(self.trainer.save_checkpoint(run_dir, step, self.tokenizer, client_state))
 
-    def load_latest(self, run_dir: str) -> dict | None:
-        return self.trainer.load_latest(run_dir)
+    def load_latest(self, run_dir: str, step: int | None = None) -> dict | None:
+        return self.trainer.load_latest(run_dir, step)
 
     def save_hf(self, path: str) -> None:
         self.trainer.save_hf(path, self.tokenizer)

@@ -370,13 +370,14 @@ def step_metrics(groups: Groups, n: int) -> dict:
         "reward/mean": float(given.mean()) if len(given) else math.nan,
         "reward/std": float(given.std(correction=0)) if len(given) else math.nan,
         "groups_sampled": len(groups.problems),
-        "groups_dropped_frac": float(zero_variance_groups(rewards, n).float().mean()),
         "response_len/mean": float(lengths.mean()),
         "response_len/max": int(lengths.max()),
         "truncated_frac": _mean([float(s.finish_reason == "length") for s in groups.samples]),
         "tool/calls_per_sample": float(calls.mean()),
         "tool/samples_with_call_frac": float((calls > 0).float().mean()),
     }
+    if n > 1:  # groups whose rewards all agree carry no signal for a group baseline
+        metrics["groups_dropped_frac"] = float(zero_variance_groups(rewards, n).float().mean())
     for name, values in groups.per_fn.items():
         metrics[f"reward/{name}"] = _mean(values)
         metrics[f"reward/{name}/failures"] = groups.failures.get(name, 0)

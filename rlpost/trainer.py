@@ -259,10 +259,11 @@ class DeepSpeedTrainer:
         torch.distributed.barrier()
         return final
 
-    def load_latest(self, run_dir: str | Path) -> dict | None:
-        """Resume from `run_dir/checkpoints/latest`; returns the caller state, or None if none exists."""
-        path = latest_checkpoint(run_dir)
-        if path is None:
+    def load_latest(self, run_dir: str | Path, step: int | None = None) -> dict | None:
+        """Resume from `run_dir/checkpoints/latest` (or that folder's `step`); returns the caller
+        state, or None if there is no such checkpoint."""
+        path = latest_checkpoint(run_dir) if step is None else Path(run_dir) / "checkpoints" / f"step_{step}"
+        if path is None or not path.exists():
             return None
         _, state = self.engine.load_checkpoint(str(path / "engine"), tag="state")
         _set_rng_state(state.pop("rng"))

@@ -9,16 +9,20 @@ from rlpost.algorithms import (
     ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
     LOSS_AGG_MODES,
+    adaptive_kl_coef,
     aggregate_loss,
     drgrpo_advantages,
+    explained_variance,
     gae_advantages,
     grpo_advantages,
     kl_penalty,
     loss_count,
     loss_sum,
     masked_mean,
+    masked_whiten,
     ppo_clip_loss,
     rloo_advantages,
+    token_rewards,
     truncated_importance_weights,
     truncation_mask,
     value_loss,
@@ -249,3 +253,56 @@ def test_truncation_mask():
     assert truncation_mask(["stop", "length", "abort", "length"]).tolist() == [False, True, False, True]
     empty = truncation_mask([])
     assert empty.dtype == torch.bool and empty.shape == (0,)
+
+
+# ---------------------------------------------------------------- PPO with a critic
+
+
+def test_token_rewards_kl_on_every_token_score_on_the_last():
+    kl = torch.tensor([[0.1, 0.2, 0.3, 9.0], [0.5, 9.0, -0.4, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 0]], dtype=torch.bool)  # row 1: a tool token at column 1
+    rewards = token_rewards(kl, torch.tensor([1.0, -2.0]), mask, kl_coef=0.5)
+    close(rewards, [[-0.05, -0.1, -0.15 + 1.0, 0.0], [-0.25, 0.0, 0.2 - 2.0, 0.0]])
+    with pytest.raises(ValueError, match="at least one masked token"):
+        token_rewards(kl, torch.zeros(2), torch.zeros(2, 4, dtype=torch.bool), 0.1)
+
+
+def test_token_rewards_through_gae_by_hand():
+    # One 2-token completion, beta .1, k1 KL (.2, -.1), score 1, values (.5, .3), gamma 1, lam .95:
+    #   rewards (-.02, .01 + 1 = 1.01)
+    #   t1: delta = 1.01 - .3 = .71                      A1 = .71
+    #   t0: delta = -.02 + .3 - .5 = -.22,  A0 = -.22 + .95 * .71 = .4545
+    # returns = A + V = (.9545, 1.01)
+    rewards = token_rewards(torch.tensor([[0.2, -0.1]]), torch.tensor([1.0]), torch.ones(1, 2, dtype=torch.bool), 0.1)
+    adv, ret = gae_advantages(rewards, torch.tensor([[0.5, 0.3]]), torch.ones(1, 2, dtype=torch.bool), 1.0, 0.95)
+    close(adv, [[0.4545, 0.71]])
+    close(ret, [[0.9545, 1.01]])
+
+
+def test_masked_whiten():
+    x = torch.tensor([[1.0, 3.0, 100.0], [5.0, 7.0, -100.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]], dtype=torch.bool)
+    # masked entries 1, 3, 5, 7: mean 4, population std sqrt(5)
+    s5 = math.sqrt(5.0)
+    close(masked_whiten(x, mask), [[-3 / s5, -1 / s5, 0], [1 / s5, 3 / s5, 0]])
+    close(masked_whiten(x, mask, shift_mean=False), [[4 - 3 / s5, 4 - 1 / s5, 0], [4 + 1 / s5, 4 + 3 / s5, 0]])
+
+
+def test_explained_variance():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 50.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full((1, 4), 2.0), returns, mask) == pytest.approx(0.0)
+    # var(returns) = 2/3; values 0 leave residuals (1, 2, 3): var 2/3 -> 0; values (3, 2, 1) leave
+    # residuals (-2, 0, 2): var 8/3 -> 1 - 4 = -3
+    assert explained_variance(torch.zeros(1, 4), returns, mask) == pytest.approx(0.0)
+    assert explained_variance(torch.tensor([[3.0, 2.0, 1.0, 0]]), returns, mask) == pytest.approx(1 - (8 / 3) / (2 / 3))
+    assert math.isnan(explained_variance(returns, torch.ones(1, 4), mask))
+
+
+def test_adaptive_kl_coef():
+    # KL 12 vs target 6: error clipped to .2; 256 samples over a 10,000 horizon
+    assert adaptive_kl_coef(0.1, 12.0, 6.0, 10000, 256) == pytest.approx(0.1 * (1 + 0.2 * 0.0256))
+    assert adaptive_kl_coef(0.1, 5.4, 6.0, 10000, 256) == pytest.approx(0.1 * (1 - 0.1 * 0.0256))
+    assert adaptive_kl_coef(0.1, 4.5, 6.0, 10000, 256) == pytest.approx(0.1 * (1 - 0.2 * 0.0256))  # -.25 clipped
+    assert adaptive_kl_coef(0.1, 0.0, 6.0, 100, 100) == pytest.approx(0.1 * 0.8)

@@ -74,11 +74,13 @@ def test_recipe_validation_names_key():
         load_config(C, ["--optim.schedule", "linear"])
 
 
-RECIPE_OF_CONFIG = {
-    "pretrain": "PretrainConfig",
-    "sft": "SFTConfig",
-    "grpo": "GRPOConfig",
-    "reward_model": "RewardModelConfig",
+RECIPE_OF_CONFIG = {  # a config file's prefix → its recipe and the recipe's config class
+    "pretrain": ("pretrain", "PretrainConfig"),
+    "sft": ("sft", "SFTConfig"),
+    "grpo": ("grpo", "GRPOConfig"),
+    "reward_model": ("reward_model", "RewardModelConfig"),
+    "ppo": ("ppo", "PPOConfig"),
+    "rlhf": ("ppo", "PPOConfig"),
 }
 
 
@@ -95,7 +97,8 @@ def test_every_shipped_config_loads_and_validates():
         if path.stem.startswith("label_"):  # the ranking page (python -m rlpost.label); a person names themselves
             load_config(LabelConfig, ["--config", str(path), "--labeler", "alice"])
             continue
-        recipe = next((r for r in RECIPE_OF_CONFIG if path.stem.startswith(r + "_")), None)
-        assert recipe is not None, f"{path.name}: no recipe for this config"
-        cfg = load_config(getattr(load_recipe(recipe), RECIPE_OF_CONFIG[recipe]), ["--config", str(path)])
+        prefix = next((r for r in RECIPE_OF_CONFIG if path.stem.startswith(r + "_")), None)
+        assert prefix is not None, f"{path.name}: no recipe for this config"
+        recipe, config_class = RECIPE_OF_CONFIG[prefix]
+        cfg = load_config(getattr(load_recipe(recipe), config_class), ["--config", str(path)])
         assert cfg.run_dir == f"runs/{path.stem}", path.name

@@ -1,0 +1,117 @@
+"""Stage 3 with a critic: PPO (Schulman et al. 2017) as in RLHF (Ziegler et al. 2019, InstructGPT),
+against a verifiable reward or a learned reward model, distributed over Ray actors.
+
+    python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml     # the math reward
+    python recipes/ppo.py --config recipes/configs/rlhf_tiny.yaml    # a reward model (RLHF)
+    ray job submit --working-dir . -- python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml
+
+One step (the loop of rlpost/rl_loop.py, shared with GRPO; PPO's own part is `PPO.update`):
+    prompts ──▶ RolloutWorker × R (vLLM) ──▶ RewardWorker × W (scores)
+        ──▶ Learner ranks: logprobs of the policy and the frozen reference
+        ──▶ Critic ranks: a value per completion token
+        ──▶ per-token reward -β·KL + score on the last token ──▶ GAE ──▶ whitened advantages
+        ──▶ Critic ranks (clipped value loss) and Learner ranks (PPO-clip), each DeepSpeed
+        ──▶ weight sync to every engine ──▶ β for the next step (fixed or adaptive) ──▶ metrics
+The first `critic.warmup_steps` steps train only the critic. Checkpoints hold the policy, the
+critic, both optimizers and β (`--resume` continues from the latest one); the final policy is
+an HF folder in `<run_dir>/model`, the critic in `<run_dir>/critic_model`. Every GRPO section
+(rollout, loss, rewards, monitor, eval, ...) means the same here; `algo` is PPO's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlpost.cache import apply_cache_env
+from rlpost.config import ConfigError, load_recipe, parse_config, section
+from rlpost.critic import CriticConfig
+from rlpost.ppo_steps import PPOAlgoConfig
+
+GRPOConfig = load_recipe("grpo").GRPOConfig
+
+
+@dataclass
+class PPOConfig(GRPOConfig):
+    algo: PPOAlgoConfig = section(PPOAlgoConfig)
+    critic: CriticConfig = section(CriticConfig)
+
+
+class PPO:
+    """PPO's update: KL-shaped per-token rewards, the critic's values, GAE, then the critic's and
+    the learner's steps. β is the state a checkpoint keeps."""
+
+    name = "ppo"
+
+    def __init__(self, cfg: PPOConfig):
+        self.cfg = cfg
+        self.kl_coef = cfg.algo.kl_coef
+
+    def update(self, actors, groups, step: int) -> tuple[dict, bool]:
+        from rlpost.cluster import mean_over_ranks
+        from rlpost.learner import Trajectory, unshard
+        from rlpost.ppo_steps import next_kl_coef, ppo_scores, ppo_targets
+
+        cfg, n = self.cfg, self.cfg.rollout.n
+        keep = [i for i, r in enumerate(groups.rewards) if r == r]  # samples no reward function scored: NaN
+        samples = [groups.samples[i] for i in keep]
+        trajectories = [  # advantages are filled in below, once the critic has spoken
+            Trajectory(
+                groups.prompt_ids[i // n],
+                s.token_ids,
+                s.logprobs,
+                s.loss_mask or [1] * len(s.token_ids),
+                [0.0] * len(s.token_ids),
+            )
+            for i, s in zip(keep, samples)
+        ]
+        metrics = {"samples_trained": len(trajectories)}
+        if not trajectories:
+            print(f"step {step + 1}: no sample has a reward; skipping the update")
+            return metrics, False
+        per_rank = actors.learners.call("logprobs", trajectories, cfg.rollout.temperature)
+        policy_lp, reference_lp = unshard([p for p, _ in per_rank]), unshard([r for _, r in per_rank])
+        values = unshard(actors.critics.call("values", trajectories))
+        scores = ppo_scores([groups.rewards[i] for i in keep], [s.finish_reason == "length" for s in samples], cfg.algo)
+        advantages, returns, targets = ppo_targets(
+            policy_lp, reference_lp, values, [t.completion_mask for t in trajectories], scores, cfg.algo, self.kl_coef
+        )
+        metrics.update(targets)
+        for t, adv, ret, val, old in zip(trajectories, advantages, returns, values, policy_lp):
+            t.advantages, t.returns, t.values, t.old_logprobs = adv, ret, val, old
+        # One after the other: on one box the critic and the learner share the cores.
+        metrics.update(mean_over_ranks(actors.critics.call("train", trajectories)))
+        moves = step >= cfg.critic.warmup_steps
+        if moves:
+            metrics.update(mean_over_ranks(actors.learners.call("train", trajectories, cfg.rollout.temperature)))
+        self.kl_coef = next_kl_coef(self.kl_coef, metrics["objective/kl"], len(trajectories), cfg.algo)
+        return metrics, moves
+
+    def state(self) -> dict:
+        return {"kl_coef": self.kl_coef}
+
+    def load_state(self, state: dict) -> None:
+        self.kl_coef = state["kl_coef"]
+
+
+def train(cfg: PPOConfig) -> dict:
+    from rlpost.config import check_path
+    from rlpost.critic import check_critic_tokenizer
+    from rlpost.rl_loop import run
+
+    if cfg.critic.init == "reward_model":
+        check_path("critic.path", cfg.critic.path)
+        check_critic_tokenizer(cfg.critic.path, cfg.model_path)
+    return run(cfg, PPO(cfg))
+
+
+if __name__ == "__main__":
+    from rlpost.reward_runner import RewardFunctionBroken
+
+    apply_cache_env()
+    try:
+        result = train(parse_config(PPOConfig))
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
+    except RewardFunctionBroken as error:  # raised in a reward worker; its message says it all
+        raise SystemExit(f"stopped: {getattr(error, 'cause', error)}") from None
+    print(f"PPO finished after {result['steps']} steps; held-out accuracy: {result['eval']}")
