@@ -20,6 +20,7 @@ an HF folder in `<run_dir>/model`, the critic in `<run_dir>/critic_model`. Every
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from rlpost.cache import apply_cache_env
@@ -68,9 +69,11 @@ class PPO:
         if not trajectories:
             print(f"step {step + 1}: no sample has a reward; skipping the update")
             return metrics, False
+        t0 = time.perf_counter()
         per_rank = actors.learners.call("logprobs", trajectories, cfg.rollout.temperature)
         policy_lp, reference_lp = unshard([p for p, _ in per_rank]), unshard([r for _, r in per_rank])
         values = unshard(actors.critics.call("values", trajectories))
+        metrics["time/logprobs_values"] = time.perf_counter() - t0
         scores = ppo_scores([groups.rewards[i] for i in keep], [s.finish_reason == "length" for s in samples], cfg.algo)
         advantages, returns, targets = ppo_targets(
             policy_lp, reference_lp, values, [t.completion_mask for t in trajectories], scores, cfg.algo, self.kl_coef
@@ -79,7 +82,9 @@ class PPO:
         for t, adv, ret, val, old in zip(trajectories, advantages, returns, values, policy_lp):
             t.advantages, t.returns, t.values, t.old_logprobs = adv, ret, val, old
         # One after the other: on one box the critic and the learner share the cores.
+        t0 = time.perf_counter()
         metrics.update(mean_over_ranks(actors.critics.call("train", trajectories)))
+        metrics["time/critic"] = time.perf_counter() - t0
         moves = step >= cfg.critic.warmup_steps
         if moves:
             metrics.update(mean_over_ranks(actors.learners.call("train", trajectories, cfg.rollout.temperature)))
