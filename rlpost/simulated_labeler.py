@@ -132,3 +132,41 @@ def label(prompt, responses: list[str], answer: str) -> dict:
         members = [index for index, rank in enumerate(ranks) if rank == tier]
         order.append(members[0] if len(members) == 1 else members)
     return {"prompt": prompt, "responses": list(responses), "order": order, "labeler": LABELER}
+
+
+def hidden_score(prompt, response: str, answer: str) -> float:
+    """A scalar summary of the hidden preference, for plots over training steps (rankings and win
+    rates use the exact order): 1 for a correct answer, -0.3 per false step (at most 2), +0.1 for
+    a stated unit, -0.0005 per character (at most 100). It keeps the preference's order for
+    responses with at most 2 false steps and 100 characters."""
+    wrong, false, no_unit, chars = preference_key(prompt, response, answer)
+    return (1 - wrong) - 0.3 * min(false, 2) + 0.1 * (1 - no_unit) - 0.0005 * min(chars, 100)
+
+
+def hidden_preference_reward(prompts, completions, *, answer, **_columns) -> list[float]:
+    """`hidden_score` as a reward function ("rlpost.simulated_labeler:hidden_preference_reward"):
+    run at weight 0 it logs the hidden preference every step (reward/...) without training on it."""
+    from rewards.base import completion_text
+
+    return [hidden_score(p, completion_text(c), a) for p, c, a in zip(prompts, completions, answer)]
+
+
+def hidden_win_rate(prompts, answers, responses_a, responses_b, seed: int = 0, resamples: int = 1000) -> dict:
+    """How often A's response beats B's to the same prompt under the hidden preference (a tie
+    counts half), with a percentile bootstrap 95 % interval over prompts."""
+    import random
+
+    outcomes = []
+    for prompt, answer, a, b in zip(prompts, answers, responses_a, responses_b, strict=True):
+        key_a, key_b = preference_key(prompt, a, answer), preference_key(prompt, b, answer)
+        outcomes.append(1.0 if key_a < key_b else 0.5 if key_a == key_b else 0.0)
+    rng = random.Random(seed)
+    n = len(outcomes)
+    means = sorted(sum(rng.choices(outcomes, k=n)) / n for _ in range(resamples))
+    return {
+        "mean": sum(outcomes) / n,
+        "ci95": [means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]],
+        "wins": outcomes.count(1.0),
+        "ties": outcomes.count(0.5),
+        "losses": outcomes.count(0.0),
+    }

@@ -80,16 +80,17 @@ GRPO_TINY_ARGS = [
 ]
 
 
-def grpo_config(model_path, run_dir, extra=()):
+def grpo_config(model_path, run_dir, extra=(), recipe="grpo"):
     """The GRPO recipe's config for a tiny run (recipes/configs/grpo_tiny.yaml, then
-    GRPO_TINY_ARGS, then `extra`, which overrides both)."""
+    GRPO_TINY_ARGS, then `extra`, which overrides both); with recipe="ppo", PPO's config
+    (recipes/configs/ppo_tiny.yaml, the same arguments)."""
     from rlpost.config import load_config
 
     return load_config(
-        load_recipe("grpo").GRPOConfig,
+        getattr(load_recipe(recipe), f"{recipe.upper()}Config"),
         [
             "--config",
-            "recipes/configs/grpo_tiny.yaml",
+            f"recipes/configs/{recipe}_tiny.yaml",
             "--model_path",
             str(model_path),
             "--run_dir",

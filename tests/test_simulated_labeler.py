@@ -6,6 +6,9 @@ from rlpost.simulated_labeler import (
     LABELER,
     NAME,
     false_steps,
+    hidden_preference_reward,
+    hidden_score,
+    hidden_win_rate,
     label,
     preference_key,
     rank_responses,
@@ -144,3 +147,28 @@ def test_reference_solutions_beat_their_corruptions():
             with_unit = f"{stem}${problem.answer}."
             assert rank_responses(problem.prompt, [problem.solution, with_unit], problem.answer) == [1, 0]
     assert money_problems > 0
+
+
+def test_hidden_score_by_hand_and_in_the_preference_order():
+    # RESPONSES[0]: correct, sound, unit, over 100 characters -> 1 + 0.1 - 0.0005 * 100
+    assert hidden_score(PROMPT, RESPONSES[0], ANSWER) == pytest.approx(1.05)
+    # RESPONSES[3]: wrong, sound, unit, 18 characters -> 0.1 - 0.009
+    assert hidden_score(PROMPT, RESPONSES[3], ANSWER) == pytest.approx(0.091)
+    scores = [hidden_score(PROMPT, r, ANSWER) for r in RESPONSES]
+    ranks = rank_responses(PROMPT, RESPONSES, ANSWER)
+    for i in range(len(RESPONSES)):
+        for j in range(len(RESPONSES)):
+            if ranks[i] < ranks[j]:
+                assert scores[i] > scores[j], (i, j)
+    assert hidden_preference_reward([PROMPT] * 2, RESPONSES[:2], answer=[ANSWER] * 2) == pytest.approx(scores[:2])
+
+
+def test_hidden_win_rate_counts_ties_half():
+    # A beats B on prompts 0 and 1, ties on 2, loses on 3: (2 + 0.5) / 4
+    a = [RESPONSES[0], RESPONSES[0], RESPONSES[4], RESPONSES[3]]
+    b = [RESPONSES[1], RESPONSES[3], RESPONSES[5], RESPONSES[4]]
+    result = hidden_win_rate([PROMPT] * 4, [ANSWER] * 4, a, b, resamples=200)
+    assert result["mean"] == 0.625
+    assert (result["wins"], result["ties"], result["losses"]) == (2, 1, 1)
+    assert 0.0 <= result["ci95"][0] <= 0.625 <= result["ci95"][1] <= 1.0
+    assert hidden_win_rate([PROMPT] * 3, [ANSWER] * 3, RESPONSES[:3], RESPONSES[:3])["ci95"] == [0.5, 0.5]
