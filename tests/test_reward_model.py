@@ -212,3 +212,23 @@ def test_grpo_two_steps_with_the_learned_reward(reward_run, sft_run, ray_cluster
         assert math.isfinite(m["reward/reward_model"]) and m["reward/std"] > 0
         assert m["reward/reward_model/failures"] == 0
         assert m["samples_trained"] == 16
+
+
+def test_rlhf_two_ppo_steps_with_the_critic_from_the_reward_model(reward_run, sft_run, ray_cluster, tmp_path):
+    """RLHF: PPO against the learned reward, its critic started from the same reward model."""
+    rm = reward_run[0] / "model"
+    rewards = f"[{{name: reward_model, timeout_s: 60, kwargs: {{path: '{rm}', batch_size: 8}}}}]"
+    extra = ["--eval_every", "0", "--checkpoint_every", "0", "--eval.problems_per_task", "4",
+             "--rewards.functions", rewards, "--critic.init", "reward_model", "--critic.path", str(rm),
+             "--algo.score_clip", "3"]  # fmt: skip
+    result = load_recipe("ppo").train(grpo_config(sft_run / "model", tmp_path, extra, recipe="ppo"))
+    assert result["steps"] == 2
+    steps = [m for m in metrics(tmp_path) if "loss" in m]
+    assert len(steps) == 2
+    for m in steps:
+        assert m["samples_trained"] == 16 and m["reward/reward_model/failures"] == 0
+        # The score is the normalised learned reward, clipped to ±3.
+        assert abs(m["objective/scores"]) <= 3 and math.isfinite(m["reward/reward_model"])
+        assert all(math.isfinite(m[k]) for k in ("critic/value_loss", "critic/explained_variance", "loss"))
+    # A critic started from the reward model has its head: its first values are not all zero.
+    assert steps[0]["critic/values_mean"] != 0.0
