@@ -17,9 +17,9 @@ pipeline: the SFT model answers 1,200 practice problems 5 times (vLLM) → the s
     hidden score runs as a weight-0 reward: logged, never trained on).
 hacking: PPO without a KL leash against a weak reward model (100 ranked prompts), with the
     monitor's judge a second, stronger reward model (the pipeline's: 1,000 ranked prompts, of
-    which the weak one saw 100), then the same run with β = 0.2. Reports the step where the hidden score peaked, where it had fallen
-    5 points (0.05) below that peak, where each monitor alarm first fired, and the monitor's
-    printed samples at that moment.
+    which the weak one saw 100), then the same run with β = 0.2; 15 minutes each. Reports the
+    step where the hidden score peaked, where it had fallen 5 points (0.05) below that peak,
+    where each monitor alarm first fired, and the monitor's printed samples at that moment.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ CANDIDATES = ROOT / "runs/bench_reward_model_tiny/candidates.jsonl"  # shared wi
 PROMPTS, HELD_OUT, K, EVAL_PROBLEMS = 1200, 200, 5, 500
 HIDDEN = "rlpost.simulated_labeler:hidden_preference_reward"
 HIDDEN_KEY = "reward/hidden_preference_reward"
-RL_MINUTES = 10
 
 
 def rankings() -> Path:
@@ -75,7 +74,7 @@ def reward_model(name: str, ranked: Path, prompts: int, epochs: float, seed: int
     return run_dir / "model", {k: card["held_out"][k] for k in ("pair_accuracy", "best_worst_accuracy")}
 
 
-def rl(recipe: str, config: str, run_dir: Path, rm: Path, extra: list[str]) -> list[dict]:
+def rl(recipe: str, config: str, run_dir: Path, rm: Path, extra: list[str], minutes: float = 10) -> list[dict]:
     """An RL run against the reward model `rm` with the hidden score logged at weight 0; its output
     is kept in <run_dir>.log; returns its step metrics."""
     import shutil
@@ -85,7 +84,7 @@ def rl(recipe: str, config: str, run_dir: Path, rm: Path, extra: list[str]) -> l
     shutil.rmtree(run_dir, ignore_errors=True)
     rewards = f"[{{name: reward_model, timeout_s: 300, kwargs: {{path: '{rm}', batch_size: 32}}}}, {{name: '{HIDDEN}', weight: 0}}]"
     args = [f"recipes/{recipe}.py", "--config", config, "--model_path", str(SFT_MODEL), "--run_dir", str(run_dir),
-            "--rewards.functions", rewards, "--max_minutes", str(RL_MINUTES), "--logging.wandb_mode", "disabled", *extra]  # fmt: skip
+            "--rewards.functions", rewards, "--max_minutes", str(minutes), "--logging.wandb_mode", "disabled", *extra]  # fmt: skip
     print("$ python " + " ".join(args), flush=True)
     with open(f"{run_dir}.log", "w") as log:
         subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -106,7 +105,8 @@ def pipeline() -> dict:
     rm, rm_metrics = reward_model("reward_model", rankings(), 1000, epochs=2)
     runs = {
         "ppo": rl("ppo", "recipes/configs/rlhf_tiny.yaml", RUN / "ppo", rm, ["--critic.path", str(rm)]),
-        "grpo": rl("grpo", "recipes/configs/grpo_tiny.yaml", RUN / "grpo", rm, []),
+        # 16 prompts × 4 samples: the same 64 samples per step as PPO's 64 prompts × 1
+        "grpo": rl("grpo", "recipes/configs/grpo_tiny.yaml", RUN / "grpo", rm, ["--rollout.prompts_per_step", "16"]),
     }
     init_ray()
     problems = make_problems("arithmetic", "eval", EVAL_PROBLEMS)
@@ -191,11 +191,17 @@ def hacking() -> dict:
     report = {
         "labeler": "simulated:arithmetic_preference (a scripted preference, not a person)",
         "weak_reward_model": {"ranked_prompts": 100, "held_out": weak_metrics},
-        "judge_reward_model": {"ranked_prompts": 1000, "note": "the pipeline's reward model", "held_out": judge_metrics},
+        "judge_reward_model": {
+            "ranked_prompts": 1000,
+            "note": "the pipeline's reward model",
+            "held_out": judge_metrics,
+        },
     }
     for name, beta in (("no_kl", "0.0"), ("kl_0.2", "0.2")):
         run_dir = RUN / f"hacking_{name}"
-        steps = rl("ppo", "recipes/configs/rlhf_tiny.yaml", run_dir, weak, [*monitor, "--algo.kl_coef", beta])
+        steps = rl(
+            "ppo", "recipes/configs/rlhf_tiny.yaml", run_dir, weak, [*monitor, "--algo.kl_coef", beta], minutes=15
+        )
         report[name] = {"kl_coef": float(beta), **hacking_report(steps, Path(f"{run_dir}.log"))}
         report[name]["plot"] = str((run_dir / "monitor.png").relative_to(ROOT))
     return report
