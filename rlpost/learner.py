@@ -232,12 +232,7 @@ class Learner:
         t0 = time.perf_counter()
         ref_lp = None
         if cfg.kl_coef > 0:
-            ref_lp = packed_logprobs(
-                lambda ids: self.reference(input_ids=ids, use_cache=False).logits,
-                batch,
-                cfg.micro_batch_size,
-                temperature,
-            )
+            ref_lp = packed_logprobs(self._reference_logits, batch, cfg.micro_batch_size, temperature)
         timings["time/reference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # With one update per batch the "old" policy is the current one: its logprobs are the
@@ -345,6 +340,9 @@ class Learner:
             stats["logprob_gap"] = _masked_sum((logprobs.detach() - sampling).exp().sub(1).abs(), mask)
         return per_token, mask, stats
 
+    def _reference_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.reference(input_ids=input_ids, use_cache=False).logits
+
     @torch.no_grad()
     def logprobs(self, trajectories: list[Trajectory], temperature: float = 1.0) -> tuple[list, list | None]:
         """This rank's shard's per-token logprobs under the current policy and under the reference
@@ -358,10 +356,7 @@ class Learner:
         policy = packed_logprobs(self.trainer.logits, batch, size, temperature, passes)
         reference = None
         if self.reference is not None:
-            ref = packed_logprobs(
-                lambda ids: self.reference(input_ids=ids, use_cache=False).logits, batch, size, temperature
-            )
-            reference = unpack(ref, batch, mine)
+            reference = unpack(packed_logprobs(self._reference_logits, batch, size, temperature), batch, mine)
         return unpack(policy, batch, mine), reference
 
     # -- weights -------------------------------------------------------------------------------
