@@ -36,7 +36,17 @@ def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-ADAPTIVE = ["--algo.adaptive_kl", "true", "--algo.kl_target", "0.01", "--algo.kl_horizon", "100"]
+# One optimizer step per batch, so a sample's logprob_gap compares vLLM with the very weights it sampled with.
+ADAPTIVE = [
+    "--algo.adaptive_kl",
+    "true",
+    "--algo.kl_target",
+    "0.01",
+    "--algo.kl_horizon",
+    "100",
+    "--loss.mini_batches",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +83,10 @@ def test_three_steps_warm_up_the_critic_then_update_both(ppo_run, sft_run):
     # The adaptive β shrinks while the KL is below its target.
     assert first["objective/kl_coef"] == pytest.approx(_shrunk(warm_up["objective/kl_coef"], 0.0))
     assert second["objective/kl_coef"] == pytest.approx(_shrunk(first["objective/kl_coef"], 0.0))
-    # The engines sampled step 3 with the synced weights: the learner's probabilities of the
-    # sampled tokens match vLLM's (an unsynced engine would still sample with the SFT policy).
-    assert second["logprob_gap"] < 0.05
+    # The engines sampled with the learner's weights: its probabilities of the sampled tokens
+    # match vLLM's, at step 2 (both still the SFT policy) and at step 3 (after a sync; an unsynced
+    # engine would still sample with the SFT policy, and this learner moves fast at lr 1e-3).
+    assert first["logprob_gap"] < 0.05 and second["logprob_gap"] < 0.05
     before, policy = _weights(sft_run / "model"), _weights(run_dir / "model")
     assert any(not before[k].equal(policy[k]) for k in before)
     critic = _weights(run_dir / "critic_model")
