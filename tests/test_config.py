@@ -81,6 +81,7 @@ RECIPE_OF_CONFIG = {  # a config file's prefix → its recipe and the recipe's c
     "reward_model": ("reward_model", "RewardModelConfig"),
     "ppo": ("ppo", "PPOConfig"),
     "rlhf": ("ppo", "PPOConfig"),
+    "compare": ("compare", "CompareConfig"),
 }
 
 
