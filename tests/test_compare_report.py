@@ -1,0 +1,236 @@
+"""The comparison report (rlpost.compare_report): its tables, plots, and the page in a real browser.
+
+The run folder is crafted by hand in the format recipes/compare.py writes: 2 models × 2 tasks ×
+4 problems, greedy correctness chosen so every outcome filter has a known answer, and completions
+with markup characters that must come out escaped. The browser is Debian's chromium driven by
+Playwright, as in test_label_page.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlpost.compare_report import write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+MODELS = ["sft", "grpo"]
+TASKS = ["arithmetic", "spelling_bee"]
+SAMPLES = 4
+# (task, problem) -> greedy correctness per model, and the number of its 4 samples that are right.
+GREEDY = {
+    ("arithmetic", 0): {"sft": True, "grpo": True},
+    ("arithmetic", 1): {"sft": False, "grpo": True},
+    ("arithmetic", 2): {"sft": False, "grpo": False},
+    ("arithmetic", 3): {"sft": True, "grpo": False},
+    ("spelling_bee", 0): {"sft": False, "grpo": True},
+    ("spelling_bee", 1): {"sft": True, "grpo": True},
+    ("spelling_bee", 2): {"sft": False, "grpo": False},
+    ("spelling_bee", 3): {"sft": False, "grpo": True},
+}
+SAMPLED_RIGHT = {"sft": 1, "grpo": 3}
+MARKUP = "<b>&</b> x < y"  # in sft's greedy completion of arithmetic problem 3
+
+
+def task_stats(model: str, task: str) -> dict:
+    """Per-model, per-task statistics; the numbers are chosen to be recognisable, not consistent."""
+    sft = model == "sft"
+    return {
+        "problems": 4,
+        "greedy_accuracy": 0.5 if sft else 0.75,
+        "pass@1": {"mean": 0.27, "ci95": [0.22, 0.31]} if sft else {"mean": 0.625, "ci95": [0.5, 0.75]},
+        "pass@k": {"1": 0.27, "2": 0.38, "4": 0.49} if sft else {"1": 0.625, "2": 0.8, "4": 0.9},
+        "maj@k": {"1": 0.27, "2": 0.27, "4": 0.33} if sft else {"1": 0.625, "2": 0.625, "4": 0.75},
+        "mean_tokens": {"correct": 41.2, "wrong": 55.0} if sft else {"correct": 30.5, "wrong": None},
+        "lengths": {"correct": [40, 42, 41], "wrong": [50, 60, 55]} if sft else {"correct": [30, 31], "wrong": []},
+        "truncated_frac": 0.05 if sft else 0.0,
+        "reflection_per_1k_tokens": 0.8 if sft else 2.5,
+        "tool_calls_per_answer": 0.0 if task == "arithmetic" else 1.25,
+        "budget_accuracy": {"16": 0.05, "32": 0.2, "64": 0.3} if sft else {"16": 0.1, "32": 0.4, "64": 0.6},
+    }
+
+
+def pair(task: str) -> dict:
+    a, b = "grpo", "sft"
+    marks = [GREEDY[(task, p)] for p in range(4)]
+    return {
+        "a": a,
+        "b": b,
+        "task": task,
+        "both": sum(m[a] and m[b] for m in marks),
+        "only_a": sum(m[a] and not m[b] for m in marks),
+        "only_b": sum(m[b] and not m[a] for m in marks),
+        "neither": sum(not m[a] and not m[b] for m in marks),
+        "mcnemar_p": 0.118,
+        "pass1_diff": {"diff": 0.05, "ci95": [0.01, 0.09], "p_value": 0.02},
+    }
+
+
+def records() -> list[dict]:
+    rows = []
+    for (task, problem), greedy in GREEDY.items():
+        prompt = f"{task} question {problem}: what is {problem} + 1?"
+        for model in MODELS:
+            completion = f"{model} says the answer is {problem + 1 if greedy[model] else 0}."
+            if (model, task, problem) == ("sft", "arithmetic", 3):
+                completion = MARKUP + " " + completion
+            for sample in ["greedy", *range(SAMPLES)]:
+                right = greedy[model] if sample == "greedy" else sample < SAMPLED_RIGHT[model]
+                rows.append(
+                    {
+                        "model": model,
+                        "task": task,
+                        "problem": problem,
+                        "prompt": prompt,
+                        "answer": str(problem + 1),
+                        "sample": sample,
+                        "completion": completion if sample == "greedy" else f"sample {sample} of {model}",
+                        "tokens": 10 + problem,
+                        "reward": float(right),
+                        "correct": right,
+                    }
+                )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict[str, Path]:
+    run_dir = tmp_path_factory.mktemp("compare")
+    results = {
+        "models": MODELS,
+        "tasks": TASKS,
+        "setting": {"samples": SAMPLES, "temperature": 1.0, "max_new_tokens": 128, "budgets": [16, 32, 64]},
+        "per_model": {m: {t: task_stats(m, t) for t in TASKS} for m in MODELS},
+        "pairs": [pair(t) for t in TASKS],
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+    (run_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records()))
+    return write_report(run_dir)
+
+
+def test_markdown_tables(report):
+    md = report["md"].read_text()
+    assert md.startswith("# Model comparison\n")
+    assert "4 samples per problem at temperature 1.0" in md
+    assert (
+        "| model | problems | greedy | pass@1 [95 % CI] | pass@2 | pass@4 | maj@1 | maj@2 | maj@4 "
+        "| tokens (right) | tokens (wrong) | truncated | reflection / 1k tokens | tool calls / answer |"
+    ) in md
+    assert (
+        "| sft | 4 | 50.0 % | 27.0 % [22.0, 31.0] | 38.0 % | 49.0 % | 27.0 % | 27.0 % | 33.0 % "
+        "| 41.2 | 55.0 | 5.0 % | 0.80 | 0.00 |"
+    ) in md
+    # grpo has no wrong answers on record: its mean length of wrong answers is shown as missing.
+    assert (
+        "| grpo | 4 | 75.0 % | 62.5 % [50.0, 75.0] | 80.0 % | 90.0 % | 62.5 % | 62.5 % | 75.0 % "
+        "| 30.5 | – | 0.0 % | 2.50 | 1.25 |"
+    ) in md
+    assert "### arithmetic: pairs (greedy)" in md and "### spelling_bee: pairs (greedy)" in md
+    assert "| grpo | sft | 1 | 1 | 1 | 1 | 0.118 | +5.0 [+1.0, +9.0] | 0.020 |" in md
+    assert "| grpo | sft | 1 | 2 | 0 | 1 | 0.118 | +5.0 [+1.0, +9.0] | 0.020 |" in md
+    assert "| task | model | ≤ 16 tokens | ≤ 32 tokens | ≤ 64 tokens |" in md
+    assert "| spelling_bee | grpo | 10.0 % | 40.0 % | 60.0 % |" in md
+
+
+def test_plots_are_pngs(report):
+    for name in ("pass_at_k", "lengths", "budget", "reflection"):
+        assert report[name].name == f"{name}.png"
+        assert report[name].read_bytes().startswith(PNG_SIGNATURE), name
+
+
+def test_html_is_self_contained_and_escaped(report):
+    page = report["html"].read_text(encoding="utf-8")
+    assert "http://" not in page and "https://" not in page
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "&lt;b&gt;&amp;&lt;/b&gt; x &lt; y" in page
+    assert "<b>&" not in page
+    assert page.count('class="problem"') == 8
+    assert "27.0 % [22.0, 31.0]" in page and "%%" not in page
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        message = "chromium is not installed (scripts/setup.sh installs it with apt when run as root)"
+        if os.environ.get("CI"):  # CI must open the page in a real browser, never skip it
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the 'test' extra)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def visible_problems(page) -> list[tuple[str, int]]:
+    return [
+        (task, int(problem))
+        for task, problem in page.eval_on_selector_all(
+            ".problem", "els => els.filter(e => !e.hidden).map(e => [e.dataset.task, e.dataset.problem])"
+        )
+    ]
+
+
+def test_page_filters_in_a_browser(browser, report):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    # Any request that leaves the file would be a broken offline page.
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    try:
+        page.goto(report["html"].as_uri())
+        expect(page.locator("#shown-count")).to_have_text("8 of 8 problems shown")
+        assert len(visible_problems(page)) == 8
+
+        # The markup in a completion is shown as text, never parsed.
+        completion = page.locator('.problem[data-task="arithmetic"][data-problem="3"] .completion[data-model="sft"]')
+        expect(completion.locator("pre")).to_contain_text(MARKUP)
+        assert completion.locator("b").count() == 0
+        expect(completion.locator(".mark")).to_have_text("✓")
+
+        page.select_option("#task-filter", "arithmetic")
+        expect(page.locator("#shown-count")).to_have_text("4 of 8 problems shown")
+        assert visible_problems(page) == [("arithmetic", p) for p in range(4)]
+
+        labels = page.eval_on_selector_all("#outcome-filter option", "els => els.map(e => e.textContent)")
+        assert labels == ["all", "both right", "both wrong", "sft right, grpo wrong", "grpo right, sft wrong"]
+        page.select_option("#outcome-filter", label="grpo right, sft wrong")
+        expected = [key for key, g in GREEDY.items() if g["grpo"] and not g["sft"] and key[0] == "arithmetic"]
+        expect(page.locator("#shown-count")).to_have_text(f"{len(expected)} of 8 problems shown")
+        assert visible_problems(page) == expected == [("arithmetic", 1)]
+
+        page.select_option("#task-filter", "")
+        expected = [key for key, g in GREEDY.items() if g["grpo"] and not g["sft"]]
+        expect(page.locator("#shown-count")).to_have_text(f"{len(expected)} of 8 problems shown")
+        assert visible_problems(page) == expected
+
+        page.select_option("#outcome-filter", label="both wrong")
+        assert visible_problems(page) == [("arithmetic", 2), ("spelling_bee", 2)]
+
+        width = page.eval_on_selector("#plot-pass_at_k", "img => img.complete && img.naturalWidth")
+        assert width > 0
+        assert all(url.startswith(("file:", "data:")) for url in requests), requests
+        assert errors == []
+    finally:
+        context.close()
