@@ -1,11 +1,12 @@
-"""The whole tiny pipeline on CPU: tokenizer + pretrain → SFT → GRPO, with held-out accuracy.
+"""The whole tiny pipeline on CPU: tokenizer + pretrain → SFT → GRPO → the SFT and GRPO models compared.
 
     python recipes/pipeline.py            (what `make quickstart` runs)
 
 Each stage runs as its own recipe process with its config from recipes/configs/, exactly as a
 user would run it, into runs/. The wall time, the SFT model's held-out accuracy per task
 (greedy, sampled, and at each SFT checkpoint) and held-out arithmetic accuracy before and after
-a short GRPO run are written to bench/results/quickstart.json.
+a short GRPO run are written to bench/results/quickstart.json; the comparison of the SFT and
+GRPO models (recipes/compare.py) ends in runs/compare_tiny/report.html.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ STAGES = [
     ("pretrain", ["recipes/pretrain.py", "--config", "recipes/configs/pretrain_tiny.yaml"]),
     ("sft", ["recipes/sft.py", "--config", "recipes/configs/sft_tiny.yaml"]),
     ("grpo", ["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--max_minutes", "4"]),
+    ("compare", ["recipes/compare.py", "--config", "recipes/configs/compare_tiny.yaml"]),
 ]
 
 
@@ -62,6 +64,7 @@ def main() -> None:
     print(f"\nheld-out greedy accuracy of the SFT model (whole pipeline {wall / 60:.1f} min):")
     print(format_table(report["greedy"]))
     print(f"held-out greedy arithmetic accuracy before GRPO {rl_before:.3f}, after GRPO {rl_after:.3f}")
+    print(f"the SFT and GRPO models side by side: {ROOT / 'runs/compare_tiny/report.html'}")
 
 
 if __name__ == "__main__":
