@@ -252,14 +252,14 @@ def summarize(records: list[dict], cfg: CompareConfig) -> dict:
     every = [r for group in sampled.values() for r in group]
     counts = [sum(r["correct"] for r in sampled[i]) for i in problems]
     votes = [[(extracted_answer(r["completion"]), r["correct"]) for r in sampled[i]] for i in problems]
-    ks = list(pass_at_k_curve(counts, n))
+    pass_at = pass_at_k_curve(counts, n)
     tokens = sum(r["tokens"] for r in every)
     out = {
         "problems": len(problems),
         "greedy_accuracy": fmean(greedy[i]["correct"] for i in problems),
         "pass@1": mean_ci95([c / n for c in counts]),
-        "pass@k": {str(k): v for k, v in pass_at_k_curve(counts, n).items()},
-        "maj@k": {str(k): maj_at_k(votes, k) for k in ks},
+        "pass@k": {str(k): v for k, v in pass_at.items()},
+        "maj@k": {str(k): maj_at_k(votes, k) for k in pass_at},
         "lengths": {kind: [r["tokens"] for r in every if r["correct"] == (kind == "correct")] for kind in ("correct", "wrong")},
         "truncated_frac": fmean(r["truncated"] for r in every),
         "reflection_per_1k_tokens": 1000 * sum(reflections(r["completion"], cfg.reflection_phrases) for r in every) / max(tokens, 1),
