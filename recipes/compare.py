@@ -149,7 +149,7 @@ def answer_problems(worker, tokenizer, task: str, problems: list, cfg: CompareCo
     import ray
 
     from rlpost.chat import prompt_ids
-    from rlpost.tokenizer import stop_token_ids
+    from rlpost.tokenizer import decode_completions, stop_token_ids
 
     s, stop = cfg.sampling, stop_token_ids(tokenizer)
     ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
@@ -159,7 +159,7 @@ def answer_problems(worker, tokenizer, task: str, problems: list, cfg: CompareCo
     records = []
     for sample_name, groups in (("greedy", greedy), ("sampled", sampled)):
         flat = [(i, j, sample) for i, group in enumerate(groups) for j, sample in enumerate(group)]
-        texts = tokenizer.batch_decode([sample.token_ids for _, _, sample in flat], skip_special_tokens=True)
+        texts = decode_completions(tokenizer, [sample.token_ids for _, _, sample in flat])
         correct = verify(
             task, [problems[i].prompt for i, _, _ in flat], texts, [problems[i].answer for i, _, _ in flat]
         )
@@ -180,18 +180,19 @@ def budget_forced(worker, tokenizer, task, problems, ids, greedy, cfg: CompareCo
     tokens. An answer within the budget keeps its own result. One record per (problem, budget)."""
     import ray
 
+    from rlpost.tokenizer import decode_completions
+
     s = cfg.sampling
     records = []
     for budget in s.budgets:
         cut = [i for i, g in enumerate(greedy) if len(g.token_ids) > budget]
-        heads = tokenizer.batch_decode([greedy[i].token_ids[:budget] for i in cut], skip_special_tokens=True)
+        heads = decode_completions(tokenizer, [greedy[i].token_ids[:budget] for i in cut])
         forced = [("\n</think>" if "<think>" in h and "</think>" not in h else "") + s.answer_prefix for h in heads]
         prompts = [ids[i] + greedy[i].token_ids[:budget] + tokenizer.encode(f, add_special_tokens=False)
                    for i, f in zip(cut, forced)]  # fmt: skip
         tails = ray.get(worker.generate.remote(prompts, n=1, max_new_tokens=16, temperature=0.0)) if prompts else []
-        texts = [
-            h + f + tokenizer.decode(t[0].token_ids, skip_special_tokens=True) for h, f, t in zip(heads, forced, tails)
-        ]
+        endings = decode_completions(tokenizer, [t[0].token_ids for t in tails])
+        texts = [h + f + e for h, f, e in zip(heads, forced, endings)]
         correct = dict(
             zip(cut, verify(task, [problems[i].prompt for i in cut], texts, [problems[i].answer for i in cut]))
         )

@@ -68,7 +68,7 @@ def sample_candidates(
 
     from rlpost.chat import prompt_ids
     from rlpost.cluster import init_ray, start_rollout_workers
-    from rlpost.tokenizer import load_tokenizer, stop_token_ids
+    from rlpost.tokenizer import decode_completions, load_tokenizer, stop_token_ids
 
     items = [p if isinstance(p, dict) else {"prompt": p} for p in prompts]
     tokenizer = load_tokenizer(model_path)
@@ -93,7 +93,7 @@ def sample_candidates(
                 )
             )
             for i, group in zip(short, groups):
-                texts = tokenizer.batch_decode([s.token_ids for s in group], skip_special_tokens=True)
+                texts = decode_completions(tokenizer, [s.token_ids for s in group])
                 responses[i] += [t.strip() for t in texts if t.strip()][: k - len(responses[i])]
     finally:
         workers.kill()

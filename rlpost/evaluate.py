@@ -49,7 +49,7 @@ def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=
     import ray
 
     from rlpost.chat import prompt_ids
-    from rlpost.tokenizer import stop_token_ids
+    from rlpost.tokenizer import decode_completions, stop_token_ids
 
     outputs = ray.get(
         worker.generate.remote(
@@ -63,7 +63,7 @@ def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=
     )
     flat_problems = [p for p in problems for _ in range(cfg.samples)]
     flat_samples = [s for group in outputs for s in group]
-    texts = tokenizer.batch_decode([s.token_ids for s in flat_samples], skip_special_tokens=True)
+    texts = decode_completions(tokenizer, [s.token_ids for s in flat_samples])
     scores = score_completions(flat_problems, texts)
     per_task: dict[str, dict] = defaultdict(lambda: defaultdict(list))
     for i, (p, s, score) in enumerate(zip(flat_problems, flat_samples, scores)):

@@ -237,6 +237,7 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
     Reward errors are printed once per (function, kind) over the run (`reported` remembers)."""
     from rlpost.algorithms import zero_variance_groups
     from rlpost.hacking_monitor import judge_name
+    from rlpost.tokenizer import decode_completions
 
     groups, timings = Groups(), {"time/rollout": 0.0, "time/tool": 0.0, "time/reward": 0.0}
     judge = judge_name(cfg)
@@ -250,7 +251,7 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
         timings["time/rollout"] += time.perf_counter() - t0 - tool_s
         timings["time/tool"] += tool_s
         t0 = time.perf_counter()
-        texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
+        texts = decode_completions(tokenizer, [s.token_ids for s in samples])
         num_tokens = [len(s.token_ids) for s in samples]
         rewards, accuracy, per_fn, failures, errors = score(
             actors, problems, num_tokens, texts, cfg.rollout.max_new_tokens

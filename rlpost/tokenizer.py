@@ -95,6 +95,15 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def decode_completions(tokenizer, token_ids: list[list[int]]) -> list[str]:
+    """Completion texts without control tokens (turn ends, tool markers, padding) but with any
+    <think> / </think> kept: rewards and reports must see a thinking block."""
+    keep = {i for i in tokenizer.convert_tokens_to_ids([THINK_START, THINK_END]) if i is not None}
+    keep = {i for i in keep if tokenizer.convert_ids_to_tokens(i) in (THINK_START, THINK_END)}
+    drop = set(tokenizer.all_special_ids) - keep
+    return tokenizer.batch_decode([[i for i in ids if i not in drop] for ids in token_ids])
+
+
 def stop_token_ids(tokenizer) -> list[int]:
     """Ids that end a sampled assistant turn (eos and, for the tiny tokenizer, end of text)."""
     ids = {tokenizer.eos_token_id}

@@ -11,6 +11,7 @@ from rlpost.tokenizer import (
     PYTHON_END,
     PYTHON_START,
     SPECIAL_TOKENS,
+    decode_completions,
     load_tokenizer,
     stop_token_ids,
     train_tokenizer,
@@ -121,3 +122,9 @@ def test_epoch_batches_cover_each_example_once_with_little_padding():
     # Batch lengths are mixed over the epoch, not sorted short to long.
     widths = [max(lengths[i] for i in b) for b in batches]
     assert widths != sorted(widths)
+
+
+def test_completions_decode_without_control_tokens_but_with_thinking(tokenizer):
+    text = "<think>3 + 4 = 7</think>The answer is 7."
+    ids = tokenizer.encode(f"{PYTHON_START}print(1){PYTHON_END}{text}{ASSISTANT_END}", add_special_tokens=False)
+    assert decode_completions(tokenizer, [ids]) == ["print(1)" + text]
