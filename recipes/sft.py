@@ -36,6 +36,17 @@ class SFTData:
     tool_calls: bool = doc(
         "Spelling-bee solutions end with a Python check (`tools.enabled` at RL and eval time runs it).", True
     )
+    solution_format: str = doc(
+        "How the worked solutions are written: 'worked' (steps, then the answer), 'think' (the steps in "
+        "<think>…</think>, then a one-line answer) or 'answer_first' (the answer, then the steps).",
+        "worked",
+    )
+
+    def validate(self):
+        from rlpost.tasks import SOLUTION_FORMATS
+
+        if self.solution_format not in SOLUTION_FORMATS:
+            raise ConfigError(f"data.solution_format: {self.solution_format!r} is not one of {list(SOLUTION_FORMATS)}")
 
 
 @dataclass
@@ -73,13 +84,14 @@ class SFTConfig:
 
 def sft_examples(tokenizer, cfg: SFTData) -> list[tuple[list[int], list[int]]]:
     from rlpost.chat import read_conversations, render_conversation
-    from rlpost.tasks import make_problems
+    from rlpost.tasks import format_solution, make_problems
 
     conversations = []
     for task, n in cfg.tasks.items():
         kwargs = {"with_tool": True} if task == "spelling_bee" and cfg.tool_calls else {}
         for p in make_problems(task, "sft", n, **kwargs):
-            conversations.append([{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.solution}])
+            answer = format_solution(p.solution, p.answer, cfg.solution_format)
+            conversations.append([{"role": "user", "content": p.prompt}, {"role": "assistant", "content": answer}])
     for path in cfg.conversations:
         conversations += read_conversations(path)
     return [render_conversation(tokenizer, c) for c in conversations]

@@ -290,6 +290,25 @@ def held_out_prompts(task: str, seed: int = 0, task_kwargs: tuple = ()) -> froze
     return frozenset(p.prompt for p in make_problems(task, "eval", EVAL_POOL, seed, **dict(task_kwargs)))
 
 
+SOLUTION_FORMATS = ("worked", "think", "answer_first")
+
+
+def format_solution(solution: str, answer: str, fmt: str) -> str:
+    """A worked solution ("<steps> The answer is X.") as SFT shows it, by `fmt`:
+    "worked" as is; "think" as "<think><steps></think>\nThe answer is X." (think first, then a clean
+    answer for the reader, like R1); "answer_first" as "The answer is X. <steps>" (the answer stated
+    first and justified afterwards: no tokens to think with before it)."""
+    final = f"The answer is {answer}."
+    steps = solution[: -len(final)].rstrip() if solution.endswith(final) else solution
+    if fmt == "worked":
+        return solution
+    if fmt == "think":
+        return f"<think>{steps}</think>\n{final}"
+    if fmt == "answer_first":
+        return f"{final} {steps}".rstrip()
+    raise ValueError(f"unknown solution format {fmt!r}; valid formats: {', '.join(SOLUTION_FORMATS)}")
+
+
 def make_problems(task: str, split: str, n: int, seed: int = 0, **task_kwargs) -> list[Problem]:
     """`n` distinct problems of `task` for `split` ("sft", "rl" or "eval").
 

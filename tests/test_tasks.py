@@ -72,3 +72,18 @@ def test_gsm8k_bad_line(tmp_path):
     path.write_text('{"question": "q", "answer": "a\\n#### 3"}\n{"question": "q"}\n')
     with pytest.raises(ValueError, match=r"test.jsonl:2: expected fields"):
         load_gsm8k(str(path))
+
+
+def test_solution_formats():
+    from rlpost.tasks import format_solution
+
+    solution = "Ava has 3 + 4 = 7 apples. The answer is 7."
+    assert format_solution(solution, "7", "worked") == solution
+    assert format_solution(solution, "7", "think") == "<think>Ava has 3 + 4 = 7 apples.</think>\nThe answer is 7."
+    assert format_solution(solution, "7", "answer_first") == "The answer is 7. Ava has 3 + 4 = 7 apples."
+    with pytest.raises(ValueError, match="unknown solution format 'essay'"):
+        format_solution(solution, "7", "essay")
+    # every task's solutions end with their answer phrase, so every format applies to them
+    for task in ("arithmetic", "spelling_bee", "spelling", "compare"):
+        for p in make_problems(task, "sft", 20):
+            assert format_solution(p.solution, p.answer, "think").endswith(f"</think>\nThe answer is {p.answer}.")
