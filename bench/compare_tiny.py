@@ -1,0 +1,83 @@
+"""Thinking vs SFT on the tiny model: five models side by side on 1,000 held-out arithmetic problems.
+
+    .venv/bin/python bench/compare_tiny.py     (after `make quickstart` and bench/grpo_tiny.py)
+
+The models, all from the same base model (runs/pretrain_tiny/model) and the same 400 worked
+arithmetic solutions (plus the other tasks' SFT data), trained for the same 900 SFT steps:
+  sft            worked solutions: the steps, then "The answer is X."  (runs/sft_tiny/model)
+  answer_first   the same solutions with the answer first and the steps after it
+  grpo           10 minutes of GRPO from `sft` (bench/grpo_tiny.py's run)
+  think_sft      the steps inside <think>…</think>, then a one-line answer
+  think_grpo     10 minutes of GRPO from `think_sft` with the math reward and the format reward
+                 (a closed think block and the answer phrase, weight 0.2)
+Then recipes/compare.py on 1,000 held-out problems, 16 samples each (temperature 1), budget
+forcing at 8 … 128 tokens. Writes bench/results/compare_tiny.json and the report in
+runs/bench_compare/.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE, SFT, GRPO = ROOT / "runs/pretrain_tiny/model", ROOT / "runs/sft_tiny/model", ROOT / "runs/bench_grpo/model"
+RUN = ROOT / "runs/bench_compare"
+
+
+def run(args: list[str]) -> None:
+    print("$ python " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
+
+
+def sft(name: str, solution_format: str) -> Path:
+    run_dir = RUN / name
+    if not (run_dir / "model").exists():
+        run(["recipes/sft.py", "--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(BASE),
+             "--run_dir", str(run_dir), "--data.solution_format", solution_format, "--train.steps", "900",
+             "--train.checkpoint_every", "900", "--sampled_eval_tasks", "[]"])  # fmt: skip
+    return run_dir / "model"
+
+
+def main() -> None:
+    from rlpost.cache import apply_cache_env
+    from rlpost.metrics import write_bench_result
+
+    apply_cache_env()
+    for path in (BASE, SFT, GRPO):
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run `make quickstart` and bench/grpo_tiny.py first")
+    start = time.time()
+    models = {"sft": SFT, "answer_first": sft("answer_first", "answer_first"), "grpo": GRPO}
+    models["think_sft"] = sft("think_sft", "think")
+    think_grpo = RUN / "think_grpo"
+    if not (think_grpo / "model").exists():
+        rewards = "[{name: math}, {name: format, weight: 0.2, kwargs: {require_think: true}}]"
+        run(["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(models["think_sft"]),
+             "--run_dir", str(think_grpo), "--rewards.functions", rewards])  # fmt: skip
+    models["think_grpo"] = think_grpo / "model"
+    spec = "{" + ", ".join(f"{name}: '{path}'" for name, path in models.items()) + "}"
+    run(["recipes/compare.py", "--config", "recipes/configs/compare_tiny.yaml", "--run_dir", str(RUN / "report"),
+         "--models", spec, "--data.tasks", "{arithmetic: 1000}", "--sampling.samples", "16",
+         "--sampling.budgets", "[8, 16, 32, 64, 128]"])  # fmt: skip
+    results = json.loads((RUN / "report" / "results.json").read_text())
+    keep = ("greedy_accuracy", "pass@1", "pass@k", "maj@k", "mean_tokens", "truncated_frac",
+            "reflection_per_1k_tokens", "budget_accuracy", "thinking_chars_mean", "answer_chars_mean")  # fmt: skip
+    metrics = {
+        "models": {name: str(path.relative_to(ROOT)) for name, path in models.items()},
+        "per_model": {
+            m: {k: v for k, v in r["arithmetic"].items() if k in keep} for m, r in results["per_model"].items()
+        },
+        "pairs": results["pairs"],
+        "eval": "1000 held-out arithmetic problems; 1 greedy + 16 sampled answers (temperature 1) each",
+        "report": str((RUN / "report" / "report.html").relative_to(ROOT)),
+    }
+    write_bench_result("compare_tiny", metrics, time.time() - start)
+    print(json.dumps(metrics["per_model"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
