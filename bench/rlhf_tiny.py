@@ -18,13 +18,15 @@ pipeline: the SFT model answers 1,200 practice problems 5 times (vLLM) → the s
 hacking: PPO without a KL leash against a weak reward model (100 ranked prompts), with the
     monitor's judge a second, stronger reward model (the pipeline's: 1,000 ranked prompts, of
     which the weak one saw 100), then the same run with β = 0.2; 15 minutes each. Reports the
-    step where the hidden score peaked, where it had fallen 5 points (0.05) below that peak,
-    where each monitor alarm first fired, and the monitor's printed samples at that moment.
+    step where accuracy (the hidden preference's first key) peaked, where it had fallen 5
+    points below that peak, where each monitor alarm first fired, and the monitor's printed
+    samples at that moment.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -151,14 +153,29 @@ def pipeline() -> dict:
 
 
 def smoothed(values: list[float], width: int = 5) -> list[float]:
-    """Trailing moving average (the hidden score of one step's samples is noisy)."""
-    return [statistics.fmean(values[max(0, i - width + 1) : i + 1]) for i in range(len(values))]
+    """Trailing moving average over the given values (one step's samples are noisy)."""
+    out = []
+    for i in range(len(values)):
+        window = [v for v in values[max(0, i - width + 1) : i + 1] if v == v]
+        out.append(statistics.fmean(window) if window else math.nan)
+    return out
+
+
+def peak_and_fall(values: list[float], points: float) -> tuple[int, int | None]:
+    """Index of the highest value and of the first one after it `points` below it (None: never)."""
+    given = [v if v == v else -math.inf for v in values]  # NaN (a step without a value) never peaks
+    peak = max(range(len(given)), key=given.__getitem__)
+    return peak, next((i for i in range(peak, len(given)) if given[i] <= given[peak] - points), None)
 
 
 def hacking_report(steps: list[dict], log: Path) -> dict:
+    """When the policy's answers got worse by the hidden preference, and when the monitor fired.
+    Worse is judged by accuracy (the preference's first and dominant key: a correct answer beats
+    every wrong one), smoothed over 5 steps: the scalar hidden score averages the preference's
+    keys and rises when answers drop their (false) steps, even while they stop being right."""
+    accuracy = smoothed(series(steps, "accuracy"))
     hidden = smoothed(series(steps, HIDDEN_KEY))
-    peak = max(range(len(hidden)), key=hidden.__getitem__)
-    fell = next((i for i in range(peak, len(hidden)) if hidden[i] <= hidden[peak] - 0.05), None)
+    peak, fell = peak_and_fall(accuracy, 0.05)
     alarms = {
         key.removeprefix("monitor/alarm/"): next((m["step"] for m in steps if m.get(key)), None)
         for key in sorted({k for m in steps for k in m if k.startswith("monitor/alarm/")})
@@ -166,15 +183,16 @@ def hacking_report(steps: list[dict], log: Path) -> dict:
     printed = re.findall(r"^monitor, step \d+: .*?(?=^\S|\Z)", log.read_text(), flags=re.M | re.S)
     return {
         "steps": len(steps),
-        "hidden_peak_step": steps[peak]["step"],
-        "hidden_peak_smoothed": round(hidden[peak], 4),
-        "hidden_fell_5_points_step": None if fell is None else steps[fell]["step"],
+        "accuracy_peak_step": steps[peak]["step"],
+        "accuracy_peak_smoothed": round(accuracy[peak], 4),
+        "accuracy_fell_5_points_step": None if fell is None else steps[fell]["step"],
         "first_alarm_step": alarms,
         "monitor_printed": printed[:3],
         "over_steps": {
             "reward_model": series(steps, "reward/reward_model"),
             "hidden_score": series(steps, HIDDEN_KEY),
             "hidden_score_smoothed": [round(h, 4) for h in hidden],
+            "accuracy_smoothed": [round(a, 4) for a in accuracy],
             "judge": series(steps, "monitor/judge"),
             "kl": series(steps, "kl"),
             "response_len": series(steps, "response_len/mean"),
