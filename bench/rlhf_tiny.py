@@ -83,6 +83,9 @@ def rl(recipe: str, config: str, run_dir: Path, rm: Path, extra: list[str], minu
 
     from rlpost.metrics import read_metrics
 
+    if (run_dir / "model").exists():  # a finished run: reuse it (delete the folder to run it again)
+        print(f"reusing the finished run in {run_dir}")
+        return [m for m in read_metrics(run_dir) if "time/step" in m]
     shutil.rmtree(run_dir, ignore_errors=True)
     rewards = f"[{{name: reward_model, timeout_s: 300, kwargs: {{path: '{rm}', batch_size: 32}}}}, {{name: '{HIDDEN}', weight: 0}}]"
     args = [f"recipes/{recipe}.py", "--config", config, "--model_path", str(SFT_MODEL), "--run_dir", str(run_dir),
@@ -93,8 +96,9 @@ def rl(recipe: str, config: str, run_dir: Path, rm: Path, extra: list[str], minu
     return [m for m in read_metrics(run_dir) if "time/step" in m]
 
 
-def series(steps: list[dict], key: str) -> list[float]:
-    return [round(m.get(key, float("nan")), 4) for m in steps]
+def series(steps: list[dict], key: str) -> list[float | None]:
+    """`key` at every step, None where a step has no value (e.g. every reward call failed)."""
+    return [None if m.get(key) is None else round(m[key], 4) for m in steps]
 
 
 def pipeline() -> dict:
@@ -156,14 +160,14 @@ def smoothed(values: list[float], width: int = 5) -> list[float]:
     """Trailing moving average over the given values (one step's samples are noisy)."""
     out = []
     for i in range(len(values)):
-        window = [v for v in values[max(0, i - width + 1) : i + 1] if v == v]
+        window = [v for v in values[max(0, i - width + 1) : i + 1] if v is not None and v == v]
         out.append(statistics.fmean(window) if window else math.nan)
     return out
 
 
 def peak_and_fall(values: list[float], points: float) -> tuple[int, int | None]:
     """Index of the highest value and of the first one after it `points` below it (None: never)."""
-    given = [v if v == v else -math.inf for v in values]  # NaN (a step without a value) never peaks
+    given = [v if v == v else -math.inf for v in values]  # NaN (no value in the window) never peaks
     peak = max(range(len(given)), key=given.__getitem__)
     return peak, next((i for i in range(peak, len(given)) if given[i] <= given[peak] - points), None)
 
@@ -193,6 +197,7 @@ def hacking_report(steps: list[dict], log: Path) -> dict:
             "hidden_score": series(steps, HIDDEN_KEY),
             "hidden_score_smoothed": [round(h, 4) for h in hidden],
             "accuracy_smoothed": [round(a, 4) for a in accuracy],
+            "accuracy": series(steps, "accuracy"),
             "judge": series(steps, "monitor/judge"),
             "kl": series(steps, "kl"),
             "response_len": series(steps, "response_len/mean"),
