@@ -91,7 +91,7 @@ def test_user_problem_files_name_their_bad_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_tiny_models_compared_through_vllm_with_cache(sft_run, pretrained, tmp_path, capsys):
+def test_two_tiny_models_compared_through_vllm_with_cache(sft_run, pretrained, ray_cluster, tmp_path, capsys):
     from rlpost.config import load_config
 
     args = ["--config", "recipes/configs/compare_tiny.yaml", "--run_dir", str(tmp_path),
