@@ -220,3 +220,31 @@ def tool_sft_run(pretrained, tmp_path_factory) -> Path:
         ],
     )
     return run_dir
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium under Playwright, for the pages the tests click (CI fails without it)."""
+    if CHROMIUM is None:
+        message = "chromium is not installed (scripts/setup.sh installs it with apt when run as root)"
+        if os.environ.get("CI"):  # CI must open the pages in a real browser, never skip
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the 'test' extra)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -9,25 +9,12 @@ Playwright, as in test_label_page.py.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from rlpost.compare_report import write_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 MODELS = ["sft", "grpo"]
@@ -162,20 +149,6 @@ def test_html_is_self_contained_and_escaped(report):
     assert "<b>&" not in page
     assert page.count('class="problem"') == 8
     assert "27.0 % [22.0, 31.0]" in page and "%%" not in page
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        message = "chromium is not installed (scripts/setup.sh installs it with apt when run as root)"
-        if os.environ.get("CI"):  # CI must open the page in a real browser, never skip it
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the 'test' extra)")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def visible_problems(page) -> list[tuple[str, int]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -22,18 +21,6 @@ import pytest
 from rlpost.candidates import candidates_path_for, sample_candidates
 from rlpost.config import ConfigError, load_config
 from rlpost.label import LabelConfig, LabelServer
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 CANDIDATES = [
     {
@@ -95,20 +82,6 @@ def call(server, path: str, body: dict | None = None, headers: dict | None = Non
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        message = "chromium is not installed (scripts/setup.sh installs it with apt when run as root)"
-        if os.environ.get("CI"):  # CI must click the page in a real browser, never skip it
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the 'test' extra)")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
