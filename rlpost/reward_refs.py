@@ -19,6 +19,7 @@ imports no reward code.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import importlib
@@ -295,13 +296,19 @@ def call_reward_fn(
 
     Columns the function has no parameter for (`accepted_columns`, from the
     function of that name) are left out, so ``def f(prompts, completions, answer)``
-    works. Awaitables are run to completion.
+    works. Awaitables are run to completion, on a thread of their own when the
+    caller already runs an event loop (a notebook, Playwright's sync API).
     """
     if accepted_columns is not None:
         columns = {name: values for name, values in columns.items() if name in accepted_columns}
     result = function(prompts, completions, **columns)
     if inspect.isawaitable(result):
-        result = asyncio.run(_await(result))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop running here: the usual case
+            return asyncio.run(_await(result))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, _await(result)).result()
     return result
 
 

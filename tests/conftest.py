@@ -235,9 +235,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium under Playwright, for the pages the tests click (CI fails without it)."""
+    """Debian's chromium under Playwright, for the pages the tests click (CI fails without it).
+
+    Module-scoped: Playwright's sync API keeps an event loop running while it is open,
+    which later tests that call ``asyncio.run`` must not inherit.
+    """
     if CHROMIUM is None:
         message = "chromium is not installed (scripts/setup.sh installs it with apt when run as root)"
         if os.environ.get("CI"):  # CI must open the pages in a real browser, never skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import textwrap
 from pathlib import Path
@@ -134,3 +135,13 @@ def test_column_filtering_by_signature_and_async_calls(user_file):
     assert call_reward_fn(exact, ["p", "p"], ["a", "c"], columns, accepted_columns(exact)) == [1.0, 0.0]
     async_length = load_reward_fn(f"{user_file}:async_length")
     assert call_reward_fn(async_length, ["p"], ["abc"], {}, None) == [3.0]
+
+
+def test_async_reward_runs_when_the_caller_already_runs_an_event_loop(user_file):
+    # A notebook (or Playwright's sync API) keeps a loop running; asyncio.run would refuse.
+    async_length = load_reward_fn(f"{user_file}:async_length")
+
+    async def caller():
+        return call_reward_fn(async_length, ["p", "p"], ["ab", "abcd"], {}, None)
+
+    assert asyncio.run(caller()) == [2.0, 4.0]
