@@ -8,8 +8,9 @@ arithmetic solutions (plus the other tasks' SFT data), trained for the same 900 
   answer_first   the same solutions with the answer first and the steps after it
   grpo           10 minutes of GRPO from `sft` (bench/grpo_tiny.py's run)
   think_sft      the steps inside <think>…</think>, then a one-line answer
-  think_grpo     10 minutes of GRPO from `think_sft` with the math reward and the format reward
-                 (a closed think block and the answer phrase, weight 0.2)
+  think_grpo     GRPO from `think_sft` for as many steps as `grpo` took (its 10 minutes), with the
+                 math reward and the format reward (a closed think block and the answer phrase,
+                 weight 0.2); bounded by steps, not minutes, so both RL models get equal updates
 Then recipes/compare.py on 1,000 held-out problems, 16 samples each (temperature 1), budget
 forcing at 8 … 128 tokens. Writes bench/results/compare_tiny.json and the report in
 runs/bench_compare/.
@@ -56,8 +57,10 @@ def main() -> None:
     think_grpo = RUN / "think_grpo"
     if not (think_grpo / "model").exists():
         rewards = "[{name: math}, {name: format, weight: 0.2, kwargs: {require_think: true}}]"
+        grpo_steps = json.loads((GRPO.parent / "metrics.jsonl").read_text().splitlines()[-1])["step"]
         run(["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(models["think_sft"]),
-             "--run_dir", str(think_grpo), "--rewards.functions", rewards])  # fmt: skip
+             "--run_dir", str(think_grpo), "--rewards.functions", rewards, "--steps", str(grpo_steps),
+             "--max_minutes", "0"])  # fmt: skip
     models["think_grpo"] = think_grpo / "model"
     spec = "{" + ", ".join(f"{name}: '{path}'" for name, path in models.items()) + "}"
     run(["recipes/compare.py", "--config", "recipes/configs/compare_tiny.yaml", "--run_dir", str(RUN / "report"),
