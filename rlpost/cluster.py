@@ -130,9 +130,46 @@ class VLLMConfig:
         "bfloat16",
     )
     max_model_len: int = doc("Prompt + completion tokens the engine accepts.", 1024)
-    kv_cache_gib: float = doc("KV cache size in GiB (committed at start on CPU).", 1.0)
-    enforce_eager: bool = doc("Skip torch.compile (compiling adds 15-50 s per engine start on CPU).", True)
+    kv_cache_gib: float = doc(
+        "KV cache size in GiB (committed at start on CPU); 0: vLLM sizes it from gpu_memory_utilization (GPUs only).",
+        1.0,
+    )
+    enforce_eager: bool = doc(
+        "Skip torch.compile and CUDA graphs (compiling adds 15-50 s per engine start on CPU); "
+        "false on GPUs captures CUDA graphs, faster decoding for a slower start.",
+        True,
+    )
     threads: int = doc("CPU threads per engine; 0: this machine's cores shared evenly by the workers.", 0)
+    gpu_memory_utilization: float = doc(
+        "Fraction of each GPU's memory the engine may use: weights, activations and, with kv_cache_gib 0, "
+        "the KV cache (GPUs only).",
+        0.9,
+    )
+    tensor_parallel_size: int = doc("GPUs per engine (tensor parallel); equals num_gpus on GPUs, 1 on CPU.", 1)
+    max_num_seqs: int = doc("Sequences an engine decodes at once (GPUs only; CPU engines keep vLLM's 256).", 256)
+
+    def validate(self):
+        if self.num_gpus > 0:
+            if self.tensor_parallel_size != self.num_gpus:
+                # Ray hands each worker num_gpus GPUs: an engine sharded over fewer leaves some idle,
+                # over more fails to start.
+                raise ConfigError(
+                    f"vllm.tensor_parallel_size: {self.tensor_parallel_size} must equal vllm.num_gpus "
+                    f"({self.num_gpus:g}), the GPUs each rollout worker gets"
+                )
+        elif self.tensor_parallel_size != 1:
+            raise ConfigError(
+                f"vllm.tensor_parallel_size: must be 1 on CPU (vllm.num_gpus 0), got {self.tensor_parallel_size}"
+            )
+        if self.kv_cache_gib < 0 or (self.kv_cache_gib == 0 and self.num_gpus == 0):
+            raise ConfigError(
+                f"vllm.kv_cache_gib: must be more than 0 on CPU (0 lets vLLM size it, with vllm.num_gpus > 0), "
+                f"got {self.kv_cache_gib}"
+            )
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"vllm.gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"vllm.max_num_seqs: must be at least 1, got {self.max_num_seqs}")
 
     def actor_env(self) -> dict[str, str]:
         """Environment variables of a rollout worker actor (set before vLLM is imported)."""
@@ -149,6 +186,17 @@ def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0, bundl
     each its (placement group, bundle index)."""
     from rlpost.rollout import RolloutWorker
 
+    cfg.validate()  # configs built in code (not from YAML) are checked here, before any engine starts
+    # GPU-only engine arguments: a CPU engine keeps the arguments its speed and tests were measured with.
+    gpu_args = (
+        dict(
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            max_num_seqs=cfg.max_num_seqs,
+        )
+        if cfg.num_gpus
+        else {}
+    )
     workers = ActorGroup(
         [
             make_actor(
@@ -164,6 +212,7 @@ def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0, bundl
                 seed=seed + i,
                 enforce_eager=cfg.enforce_eager,
                 kv_cache_gib=cfg.kv_cache_gib,
+                **gpu_args,
             )
             for i in range(cfg.num_workers)
         ]

@@ -170,9 +170,13 @@ class RolloutWorker:
     """A vLLM engine in this process that samples rollouts and takes weight updates.
 
     All arguments but `model_path` are keyword-only. `kv_cache_gib` sizes the KV cache (on CPU
-    it is committed at start). `logprobs_mode="processed_logprobs"` reports the logprob under the
-    distribution actually sampled from (after temperature / top-p); pass "raw_logprobs" for the
-    model's untempered log-softmax. `engine_kwargs` go to `vllm.LLM` unchanged.
+    it is committed at start); 0 lets vLLM size it from `gpu_memory_utilization` (GPUs only).
+    `gpu_memory_utilization`, `tensor_parallel_size` and `max_num_seqs` go to vLLM when given
+    (`start_rollout_workers` gives them on GPUs only); None keeps vLLM's defaults. With
+    `enforce_eager=False` vLLM compiles the model and, on GPU, captures CUDA graphs.
+    `logprobs_mode="processed_logprobs"` reports the logprob under the distribution actually
+    sampled from (after temperature / top-p); pass "raw_logprobs" for the model's untempered
+    log-softmax. `engine_kwargs` go to `vllm.LLM` unchanged (over the GPU arguments, if they overlap).
     """
 
     def __init__(
@@ -184,6 +188,9 @@ class RolloutWorker:
         seed: int = 0,
         enforce_eager: bool = False,
         kv_cache_gib: float = 1.0,
+        gpu_memory_utilization: float | None = None,
+        tensor_parallel_size: int | None = None,
+        max_num_seqs: int | None = None,
         logprobs_mode: str = "processed_logprobs",
         engine_kwargs: dict | None = None,
     ):
@@ -200,6 +207,21 @@ class RolloutWorker:
             dtype = "float32"
         from vllm import LLM
 
+        given = dict(
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            max_num_seqs=max_num_seqs,
+        )
+        extra = {key: value for key, value in given.items() if value is not None}
+        if kv_cache_gib > 0:
+            extra["kv_cache_memory_bytes"] = int(kv_cache_gib * 1024**3)
+        if (tensor_parallel_size or 1) > 1:
+            # In a placement group vLLM's default (Ray) executor puts its shards on the group's
+            # GPU bundles, which belong to the learner and the other engines; worker processes
+            # of this actor use the GPUs Ray gave it.
+            extra["distributed_executor_backend"] = "mp"
+        extra.update(engine_kwargs or {})
+
         t0 = time.perf_counter()
         self.llm = LLM(
             model=str(model_path),
@@ -207,7 +229,6 @@ class RolloutWorker:
             max_model_len=max_model_len,
             seed=seed,
             enforce_eager=enforce_eager,
-            kv_cache_memory_bytes=int(kv_cache_gib * 1024**3),
             logprobs_mode=logprobs_mode,
             worker_extension_cls=EXTENSION_QUALNAME,
             disable_log_stats=True,
@@ -216,7 +237,7 @@ class RolloutWorker:
             # whole prompts, many per step.
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(max_model_len, 8192),
-            **(engine_kwargs or {}),
+            **extra,
         )
         self.start_s = time.perf_counter() - t0
         self.max_model_len = max_model_len

@@ -1,9 +1,11 @@
 """Config loading: YAML + dotted overrides, and errors that name the key before any work."""
 
+import re
 from dataclasses import dataclass
 
 import pytest
 
+from rlpost.cluster import VLLMConfig
 from rlpost.config import ConfigError, doc, load_config, section
 
 
@@ -103,3 +105,48 @@ def test_every_shipped_config_loads_and_validates():
         recipe, config_class = RECIPE_OF_CONFIG[prefix]
         cfg = load_config(getattr(load_recipe(recipe), config_class), ["--config", str(path)])
         assert cfg.run_dir == f"runs/{path.stem}", path.name
+        if "_gpu_" in path.stem:
+            check_gpu_preset(path.stem, cfg)
+
+
+def check_gpu_preset(name: str, cfg) -> None:
+    """A GPU preset (grpo_gpu_<N>node) asks for GPUs consistently: NCCL for the learner and the
+    weight broadcast, one engine per tensor-parallel group, and exactly the N nodes' 8 GPUs each."""
+    nodes = int(re.fullmatch(r".*_gpu_(\d+)node", name).group(1))
+    v, p, ds = cfg.vllm, cfg.placement, cfg.deepspeed
+    assert v.num_gpus > 0 and v.num_gpus == v.tensor_parallel_size, name
+    assert p.learner_gpus > 0 and ds.dist_backend == "nccl" and cfg.sync.backend == "collective", name
+    assert ds.world_size * p.learner_gpus + v.num_workers * v.num_gpus == 8 * nodes, name
+    assert p.strategy == ("PACK" if nodes == 1 else "SPREAD"), name
+    assert v.kv_cache_gib == 0 and not v.enforce_eager, name  # vLLM sizes the cache; CUDA graphs
+    # One step's samples fill every engine's batch once.
+    assert cfg.rollout.prompts_per_step * cfg.rollout.n == v.num_workers * v.max_num_seqs, name
+
+
+def test_gpu_presets_exist():
+    from conftest import ROOT
+
+    names = {path.stem for path in (ROOT / "recipes/configs").glob("*_gpu_*.yaml")}
+    assert {"grpo_gpu_1node", "grpo_gpu_2node"} <= names
+
+
+@dataclass
+class WithVLLM:
+    vllm: VLLMConfig = section(VLLMConfig)
+
+
+def test_vllm_gpu_knobs_validate():
+    cfg = load_config(
+        WithVLLM, ["--vllm.num_gpus", "2", "--vllm.tensor_parallel_size", "2", "--vllm.kv_cache_gib", "0"]
+    )
+    assert cfg.vllm.kv_cache_gib == 0 and cfg.vllm.gpu_memory_utilization == 0.9 and cfg.vllm.max_num_seqs == 256
+    with pytest.raises(ConfigError, match=r"vllm\.tensor_parallel_size.*vllm\.num_gpus"):
+        load_config(WithVLLM, ["--vllm.num_gpus", "2"])
+    with pytest.raises(ConfigError, match=r"vllm\.tensor_parallel_size"):
+        load_config(WithVLLM, ["--vllm.tensor_parallel_size", "2"])  # on CPU
+    with pytest.raises(ConfigError, match=r"vllm\.kv_cache_gib"):
+        load_config(WithVLLM, ["--vllm.kv_cache_gib", "0"])  # on CPU nothing else sizes the cache
+    with pytest.raises(ConfigError, match=r"vllm\.gpu_memory_utilization"):
+        load_config(WithVLLM, ["--vllm.num_gpus", "1", "--vllm.gpu_memory_utilization", "1.5"])
+    with pytest.raises(ConfigError, match=r"vllm\.max_num_seqs"):
+        load_config(WithVLLM, ["--vllm.max_num_seqs", "0"])
