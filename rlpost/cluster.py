@@ -205,6 +205,7 @@ def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0, bundl
                 num_gpus=cfg.num_gpus,
                 env=cfg.actor_env(),
                 bundle=bundles[i] if bundles else None,
+                max_restarts=3,  # a dead engine comes back; rl_steps.sample_groups resyncs and reruns it
             ).remote(
                 model_path,
                 dtype=cfg.dtype,
@@ -415,3 +416,25 @@ class RLActors:
             if group is not None:
                 group.kill()
         remove_placement_group(self.pg)
+
+    def resync_rollout(self, index: int) -> None:
+        """Wait until rollout worker `index` is back after a restart and give it the learner's
+        current weights (a restarted actor re-runs its constructor, which loads model_path)."""
+        import ray
+
+        worker = self.rollouts[index]
+        deadline = time.monotonic() + 600
+        while True:  # calls fail at once with ActorUnavailableError while the actor restarts
+            try:
+                ray.get(worker.ready.remote())
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        if self.sync_backend != "object_store":
+            # The new engine is outside the broadcast group, which is formed once, with every
+            # engine, at start; from now on the object store carries every sync.
+            print("warning: a rollout engine restarted; weight syncs go through the object store from now on")
+            self.sync_backend = "object_store"
+        self.sync_weights()  # the other engines get the weights they hold: a rare, cheap repeat

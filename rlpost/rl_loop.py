@@ -20,6 +20,7 @@ from pathlib import Path
 
 def run(cfg, algorithm) -> dict:
     """Train `cfg` (an RL recipe's config) with `algorithm`; returns steps, final eval and wall time."""
+    from ray.exceptions import RayActorError
     from tqdm import tqdm
 
     from rlpost.cluster import RLActors, init_ray
@@ -30,6 +31,7 @@ def run(cfg, algorithm) -> dict:
     from rlpost.rl_steps import collect_groups, monitor_signals, prompt_pool, step_metrics
     from rlpost.tasks import VERIFIERS, make_problems
     from rlpost.tokenizer import load_tokenizer
+    from rlpost.trainer import latest_checkpoint
 
     check_path("model_path", cfg.model_path)
     if cfg.data.gsm8k:
@@ -47,74 +49,104 @@ def run(cfg, algorithm) -> dict:
         with_judge(cfg), total_steps=cfg.steps, verifiers={t: VERIFIERS[t] for t in {p.task for p in pool}}
     )
     logger = MetricsLogger(run_dir, cfg.logging, algorithm.name, config=to_dict(cfg))
-    step, cursor = 0, 0
-    if cfg.resume:
-        state = actors.load_latest(run_dir)
-        if state is not None:
-            step, cursor = state["step"], state["cursor"]
-            algorithm.load_state(state)
-            actors.sync_weights()  # the engines start from model_path; give them the resumed policy
-            print(f"resumed from step {step}")
-    monitor = Monitor(cfg.monitor, run_dir, step, save_policy=lambda path: actors.learners.call("save_hf", path))
+    # One place for a lost actor: a learner or critic rank takes its DeepSpeed world's state with
+    # it (and leaves the other ranks waiting in a collective), so the run stops and --resume
+    # continues it from the last checkpoint with the same prompts. Lost rollout and reward
+    # workers are restarted and their work redone where they are called.
+    try:
+        step, cursor = 0, 0
+        if cfg.resume:
+            state = actors.load_latest(run_dir)
+            if state is not None:
+                step, cursor = state["step"], state["cursor"]
+                algorithm.load_state(state)
+                actors.sync_weights()  # the engines start from model_path; give them the resumed policy
+                print(f"resumed from step {step}")
+        monitor = Monitor(cfg.monitor, run_dir, step, save_policy=lambda path: actors.learners.call("save_hf", path))
 
-    def evaluate_held_out() -> dict:
-        result = evaluate(actors.rollouts[0], tokenizer, held_out, cfg.eval, tools=cfg.tools)
-        return {f"eval/{t}": r["accuracy"] for t, r in result.items() if t != "transcripts"}
+        def evaluate_held_out() -> dict:
+            result = evaluate(actors.rollouts[0], tokenizer, held_out, cfg.eval, tools=cfg.tools)
+            return {f"eval/{t}": r["accuracy"] for t, r in result.items() if t != "transcripts"}
 
-    def save_checkpoint() -> None:
-        actors.save_checkpoint(run_dir, step, {"cursor": cursor, **algorithm.state()})
+        def save_checkpoint() -> None:
+            actors.save_checkpoint(run_dir, step, {"cursor": cursor, **algorithm.state()})
 
-    if step == 0 and cfg.eval_every:
-        logger.log(0, evaluate_held_out())
-    start = time.time()
-    # A run bounded by minutes shows minutes; otherwise steps.
-    by_time = cfg.max_minutes > 0
-    bar = tqdm(total=cfg.max_minutes if by_time else cfg.steps, initial=0 if by_time else step, desc=algorithm.name,
-               unit="min" if by_time else "step", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} {unit} {postfix}"
-               if by_time else None)  # fmt: skip
-    reported_errors: set = set()
-    saved_at = step
-    while step < cfg.steps and not monitor.stop:
-        if by_time and time.time() - start > 60 * cfg.max_minutes:
-            print(f"stopping after {cfg.max_minutes} minutes of RL (step {step})")
-            break
-        t_step = time.perf_counter()
-        groups, cursor, metrics = collect_groups(actors, tokenizer, pool, cursor, cfg, reported_errors)
-        metrics.update(step_metrics(groups, cfg.rollout.n), cursor=cursor)
-        monitor.keep_if_best(step + 1, groups.judge)  # before the update: the learner holds the sampling policy
-        update_metrics, policy_moved = algorithm.update(actors, groups, step)
-        metrics.update(update_metrics)
-        step += 1
-        metrics.update(monitor.observe(step, monitor_signals(groups, cfg.rollout.n, metrics.get("kl"))))
-        metrics["time/sync"] = actors.sync_weights() if policy_moved and step % cfg.sync.every == 0 else 0.0
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            t0 = time.perf_counter()
-            metrics.update(evaluate_held_out())
-            metrics["time/eval"] = time.perf_counter() - t0
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            t0 = time.perf_counter()
-            save_checkpoint()
-            saved_at = step
-            metrics["time/checkpoint"] = time.perf_counter() - t0
-        metrics["time/step"] = time.perf_counter() - t_step
-        logger.log(step, metrics)
-        bar.update(min(cfg.max_minutes, (time.time() - start) / 60) - bar.n if by_time else 1)
-        bar.set_postfix(
-            step=step,
-            reward=f"{metrics['reward/mean']:.3f}",
-            acc=f"{metrics['accuracy']:.3f}",
-            kept=metrics["samples_trained"],
-            s=f"{metrics['time/step']:.1f}",
-        )
-    bar.close()
-    if saved_at != step:
-        save_checkpoint()  # so a run stopped by steps or minutes resumes from exactly here
-    actors.learners.call("save_hf", str(run_dir / "model"))
-    if actors.critics is not None:
-        actors.critics.call("save_hf", str(run_dir / "critic_model"))
-    final = evaluate_held_out()
-    logger.log(step, {"final/" + k: v for k, v in final.items()})
-    logger.close()
-    monitor.finish()
-    actors.shutdown()
-    return {"steps": step, "eval": final, "wall_s": time.time() - start}
+        if step == 0 and cfg.eval_every:
+            logger.log(0, evaluate_held_out())
+        start = time.time()
+        # A run bounded by minutes shows minutes; otherwise steps.
+        by_time = cfg.max_minutes > 0
+        bar = tqdm(total=cfg.max_minutes if by_time else cfg.steps, initial=0 if by_time else step, desc=algorithm.name,
+                   unit="min" if by_time else "step", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} {unit} {postfix}"
+                   if by_time else None)  # fmt: skip
+        reported_errors: set = set()
+        saved_at = step
+        while step < cfg.steps and not monitor.stop:
+            if by_time and time.time() - start > 60 * cfg.max_minutes:
+                print(f"stopping after {cfg.max_minutes} minutes of RL (step {step})")
+                break
+            t_step = time.perf_counter()
+            groups, cursor, metrics = collect_groups(actors, tokenizer, pool, cursor, cfg, reported_errors)
+            metrics.update(step_metrics(groups, cfg.rollout.n), cursor=cursor)
+            monitor.keep_if_best(step + 1, groups.judge)  # before the update: the learner holds the sampling policy
+            update_metrics, policy_moved = algorithm.update(actors, groups, step)
+            metrics.update(update_metrics)
+            step += 1
+            metrics.update(monitor.observe(step, monitor_signals(groups, cfg.rollout.n, metrics.get("kl"))))
+            metrics["time/sync"] = actors.sync_weights() if policy_moved and step % cfg.sync.every == 0 else 0.0
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                t0 = time.perf_counter()
+                metrics.update(evaluate_held_out())
+                metrics["time/eval"] = time.perf_counter() - t0
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                t0 = time.perf_counter()
+                save_checkpoint()
+                saved_at = step
+                metrics["time/checkpoint"] = time.perf_counter() - t0
+            metrics["time/step"] = time.perf_counter() - t_step
+            logger.log(step, metrics)
+            bar.update(min(cfg.max_minutes, (time.time() - start) / 60) - bar.n if by_time else 1)
+            bar.set_postfix(
+                step=step,
+                reward=f"{metrics['reward/mean']:.3f}",
+                acc=f"{metrics['accuracy']:.3f}",
+                kept=metrics["samples_trained"],
+                s=f"{metrics['time/step']:.1f}",
+            )
+        bar.close()
+        if saved_at != step:
+            save_checkpoint()  # so a run stopped by steps or minutes resumes from exactly here
+        actors.learners.call("save_hf", str(run_dir / "model"))
+        if actors.critics is not None:
+            actors.critics.call("save_hf", str(run_dir / "critic_model"))
+        final = evaluate_held_out()
+        logger.log(step, {"final/" + k: v for k, v in final.items()})
+        logger.close()
+        monitor.finish()
+        actors.shutdown()
+        return {"steps": step, "eval": final, "wall_s": time.time() - start}
+    except RayActorError as error:
+        lost = _actor_name(actors, error)
+        actors.shutdown()
+        logger.close()
+        checkpoint = latest_checkpoint(run_dir)
+        raise RuntimeError(
+            f"{lost} died ({type(error).__name__}), so the run stopped; rerun with --resume (the same "
+            f"config and --run_dir {run_dir}) to continue from "
+            + (f"its last checkpoint, {checkpoint}" if checkpoint else "the start (no checkpoint was written yet)")
+        ) from error
+
+
+def _actor_name(actors, error) -> str:
+    """Which of the run's actors a RayActorError is about, e.g. "learner rank 1"."""
+    roles = [
+        ("learner rank", actors.learners),
+        ("critic rank", actors.critics),
+        ("rollout worker", actors.rollouts),
+        ("reward worker", actors.rewards),
+    ]
+    for role, group in roles:
+        for i, actor in enumerate(group.actors if group is not None else []):
+            if actor._actor_id.hex() == error.actor_id:
+                return f"{role} {i}"
+    return "an actor"

@@ -164,33 +164,62 @@ def _split(items: list, parts: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
+# Attempts after a rollout worker dies mid-generate (Ray restarts it, up to the actor's
+# max_restarts) before the step gives up.
+ROLLOUT_RETRIES = 3
+
+
 def sample_groups(actors, tokenizer, problems: list[Problem], cfg: RolloutConfig, tools):
     """Prompt ids, `cfg.n` samples per problem (flat), and the tool wall time of the slowest
-    worker; prompts spread evenly over the rollout workers (one `generate` call each)."""
-    import ray
+    worker; prompts spread evenly over the rollout workers (one `generate` call each).
 
+    A worker that dies meanwhile is restarted by Ray, given the learner's weights and asked for
+    the same prompts again, so the batch stays whole and the data cursor does not move."""
     from rlpost.chat import prompt_ids
     from rlpost.tokenizer import stop_token_ids
 
     ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
-    stop = stop_token_ids(tokenizer)
-    refs = [
-        worker.generate.remote(
-            chunk,
-            n=cfg.n,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            stop_token_ids=stop,
-            tools=tools,
-        )
-        for worker, chunk in zip(actors.rollouts.actors, _split(ids, len(actors.rollouts)))
-        if chunk
-    ]
-    parts = ray.get(refs)
+    kwargs = dict(
+        n=cfg.n,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        stop_token_ids=stop_token_ids(tokenizer),
+        tools=tools,
+    )
+    chunks = [(i, chunk) for i, chunk in enumerate(_split(ids, len(actors.rollouts))) if chunk]
+    # Submit every chunk before waiting on any, so the engines generate in parallel.
+    refs = [actors.rollouts[i].generate.remote(chunk, **kwargs) for i, chunk in chunks]
+    parts = [_generate_surviving(actors, i, chunk, ref, kwargs) for (i, chunk), ref in zip(chunks, refs)]
     samples = [s for part in parts for group in part for s in group]
     tool_s = max(sum(s.tool_s for group in part for s in group) for part in parts)
     return ids, samples, tool_s
+
+
+def _generate_surviving(actors, index: int, chunk: list, ref, kwargs: dict):
+    """Rollout worker `index`'s result for `chunk` (`ref`: its generate call). If the worker
+    died, wait for Ray's restart, resync its weights (a restarted engine loads model_path) and
+    generate the same chunk with the same arguments again, at most ROLLOUT_RETRIES times; then
+    the worker's RayActorError is raised."""
+    import ray
+
+    for attempt in range(ROLLOUT_RETRIES + 1):
+        try:
+            if attempt:
+                actors.resync_rollout(index)
+                ref = actors.rollouts[index].generate.remote(chunk, **kwargs)
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as error:  # ActorDiedError, ActorUnavailableError
+            if attempt == ROLLOUT_RETRIES:
+                # The RL loop turns this into an error that says how to resume.
+                print(f"rollout worker {index} died {attempt + 1} times during one step; giving up", flush=True)
+                raise
+            print(
+                f"warning: rollout worker {index} died during generate ({type(error).__name__}); "
+                f"waiting for its restart to generate its {len(chunk)} prompts again "
+                f"(retry {attempt + 1} of {ROLLOUT_RETRIES})",
+                flush=True,
+            )
 
 
 def score(actors, problems: list[Problem], num_tokens: list[int], texts: list[str], max_tokens: int):
