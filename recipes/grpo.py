@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlpost.cache import apply_cache_env
-from rlpost.cluster import PlacementConfig, SyncConfig, VLLMConfig
+from rlpost.cluster import SyncConfig, VLLMConfig
 from rlpost.config import ConfigError, doc, parse_config, section
 from rlpost.evaluate import EvalConfig
 from rlpost.hacking_monitor import MonitorConfig
 from rlpost.learner import PolicyLossConfig
 from rlpost.metrics import LoggingConfig
+from rlpost.placement import PlacementConfig
 from rlpost.rl_steps import AlgoConfig, RewardsConfig, RLData, RolloutConfig
 from rlpost.tools import ToolConfig
 from rlpost.trainer import DeepSpeedConfig, OptimConfig

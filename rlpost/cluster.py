@@ -6,9 +6,11 @@
     actors.sync_weights()               learner rank 0 → every rollout engine
 
 Every actor is made by `make_actor`: its resources, its environment (the cache folder layout of
-rlpost/cache.py, set before it imports anything) and, in RL, its bundle of the run's placement
+rlpost/cache.py, set before it imports anything) and, in RL, its bundle of its role's placement
 group. On one CPU box the bundles time-share the cores phase by phase (rollout, reward, train);
-on a cluster the same bundles spread over nodes (`placement.strategy: SPREAD`).
+on a cluster the rollout engines spread over nodes (`placement.strategy: SPREAD`), each
+DeepSpeed world packs, and `placement.resources` pins a role to the nodes that offer a custom
+resource. Rendezvous addresses come from the node of the rank that hosts the store.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from rlpost.cache import cache_env
 from rlpost.config import ConfigError, doc
+from rlpost.placement import ROLES, bundle, check_resources, deepspeed_env, rendezvous
 
 RUN_LOG_VAR = "RLPOST_RUN_LOG"
 
@@ -227,18 +230,6 @@ def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0, bundl
 
 
 @dataclass
-class PlacementConfig:
-    strategy: str = doc("Placement group strategy: 'PACK' (one box, time-shared) or 'SPREAD' (across nodes).", "PACK")
-    learner_cpus: float = doc("CPUs per learner rank bundle.", 1.0)
-    learner_gpus: float = doc("GPUs per learner rank bundle.", 0.0)
-    reward_cpus: float = doc("CPUs per reward worker bundle.", 0.5)
-
-    def validate(self):
-        if self.strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise ConfigError(f"placement.strategy: {self.strategy!r} is not one of ['PACK', 'SPREAD', ...]")
-
-
-@dataclass
 class SyncConfig:
     backend: str = doc(
         "Weight sync learner → rollout workers: 'object_store' (Ray) or 'collective' (gloo/NCCL broadcast).",
@@ -249,26 +240,32 @@ class SyncConfig:
         "set loss.tis_cap to correct for it (truncated importance sampling).",
         1,
     )
+    timeout_s: float = doc(
+        "Seconds a weight sync (and the set-up of the broadcast group) may take before the run stops with "
+        "WeightSyncTimeout, naming the actors that did not answer. A gloo/NCCL broadcast blocks inside the "
+        "actors, so this bound is what keeps a lost or stuck engine from hanging the run; raise it for large "
+        "models, slow links or busy machines.",
+        300.0,
+    )
 
     def validate(self):
         if self.backend not in ("object_store", "collective"):
             raise ConfigError(f"sync.backend: {self.backend!r} is not one of ['object_store', 'collective']")
         if self.every < 1:
             raise ConfigError(f"sync.every: must be at least 1, got {self.every}")
-
-
-def _bundle(cpus: float, gpus: float) -> dict:
-    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        if self.timeout_s <= 0:
+            raise ConfigError(f"sync.timeout_s: must be more than 0, got {self.timeout_s}")
 
 
 class RLActors:
-    """The RL run's actors in one placement group: learner ranks (DeepSpeed), rollout workers
-    (vLLM), reward workers and, for PPO, critic ranks (DeepSpeed, their own world), plus the
-    weight transport from learner rank 0 to the engines.
+    """The RL run's actors, one placement group per role: learner ranks (DeepSpeed), rollout
+    workers (vLLM), reward workers and, for PPO, critic ranks (DeepSpeed, their own world), plus
+    the weight transport from learner rank 0 to the engines.
 
     `cfg` is an RL recipe's config (sections model_path, seed, optim, deepspeed, loss, rollout,
     vllm, placement, sync, rewards, and `critic` for PPO); `verifiers` maps each task to the
-    reward that checks it."""
+    reward that checks it. `self.rendezvous` records, per DeepSpeed world, the node, IP and ports
+    its store was given."""
 
     def __init__(self, cfg, total_steps: int, verifiers: dict[str, str]):
         import ray
@@ -277,28 +274,26 @@ class RLActors:
         from rlpost.learner import Learner
         from rlpost.reward_refs import RewardLoadError, absolute_reference
         from rlpost.reward_runner import RewardWorker
-        from rlpost.weight_sync import free_port
 
         p, v, world = cfg.placement, cfg.vllm, cfg.deepspeed.world_size
         critic = getattr(cfg, "critic", None)
-        bundles = (
-            [_bundle(p.learner_cpus, p.learner_gpus)] * world
-            + [_bundle(v.num_cpus, v.num_gpus)] * v.num_workers
-            + [{"CPU": p.reward_cpus}] * cfg.rewards.num_workers
-            + ([_bundle(critic.num_cpus, critic.num_gpus)] * world if critic else [])
-        )
-        for resource in ("CPU", "GPU"):
-            need, have = sum(b.get(resource, 0) for b in bundles), ray.cluster_resources().get(resource, 0)
-            if need > have:
-                raise ConfigError(
-                    f"placement: the actors need {need:g} {resource}s (learner ranks placement.learner_{resource.lower()}s, "
-                    f"rollout workers vllm.num_{resource.lower()}s, reward workers, critic ranks critic.num_"
-                    f"{resource.lower()}s) but the cluster has {have:g}; lower them (fractions time-share a box)"
-                )
-        self.pg = placement_group(bundles, strategy=p.strategy)
-        ray.get(self.pg.ready(), timeout=600)
-        first_rollout, first_reward = world, world + v.num_workers
-        first_critic = first_reward + cfg.rewards.num_workers
+        custom = {role: p.resources.get(role, {}) for role in ROLES}
+        bundles = {
+            "learner": [bundle(p.learner_cpus, p.learner_gpus, custom["learner"])] * world,
+            "rollout": [bundle(v.num_cpus, v.num_gpus, custom["rollout"])] * v.num_workers,
+            "reward": [bundle(p.reward_cpus, 0, custom["reward"])] * cfg.rewards.num_workers,
+        }
+        if critic is not None:
+            bundles["critic"] = [bundle(critic.num_cpus, critic.num_gpus, custom["critic"])] * world
+        check_resources(bundles)
+        if cfg.deepspeed.dist_backend == "nccl" and not p.learner_gpus:
+            raise ConfigError(
+                "deepspeed.dist_backend: 'nccl' needs GPUs (placement.learner_gpus > 0); use 'gloo' on CPU"
+            )
+        strategies = {"rollout": p.strategy}  # a DeepSpeed world stays on as few nodes as possible
+        self.pgs = {role: placement_group(b, strategy=strategies.get(role, "PACK")) for role, b in bundles.items()}
+        ray.get([pg.ready() for pg in self.pgs.values()], timeout=600)
+        self.rendezvous = {"learner": rendezvous(self.pgs["learner"], 0, 2)}
 
         # Reward workers first: a bad reward reference stops the run before the engines load.
         # File references are made absolute here: a job's actors may run in another folder.
@@ -307,7 +302,7 @@ class RLActors:
         self.rewards = ActorGroup(
             [
                 make_actor(
-                    RewardWorker, num_cpus=p.reward_cpus, bundle=(self.pg, first_reward + i), **RewardWorker.RAY_OPTIONS
+                    RewardWorker, num_cpus=p.reward_cpus, bundle=(self.pgs["reward"], i), **RewardWorker.RAY_OPTIONS
                 ).remote(specs, cfg.rewards.default_reward, verifiers)
                 for i in range(cfg.rewards.num_workers)
             ]
@@ -318,10 +313,16 @@ class RLActors:
             self.shutdown()
             raise ConfigError(f"rewards.functions: {getattr(error, 'cause', error)}") from None
 
-        master_addr, master_port = ray.util.get_node_ip_address(), free_port()
+        _, master_addr, (master_port, self.sync_port) = self.rendezvous["learner"]
         self.learners = ActorGroup(
             [
-                make_actor(Learner, num_cpus=p.learner_cpus, num_gpus=p.learner_gpus, bundle=(self.pg, rank)).remote(
+                make_actor(
+                    Learner,
+                    num_cpus=p.learner_cpus,
+                    num_gpus=p.learner_gpus,
+                    env=deepspeed_env(p.learner_gpus),
+                    bundle=(self.pgs["learner"], rank),
+                ).remote(
                     cfg.model_path,
                     cfg.optim,
                     cfg.deepspeed,
@@ -340,14 +341,16 @@ class RLActors:
         if critic is not None:
             from rlpost.critic import Critic
 
-            critic_port = free_port()
+            self.rendezvous["critic"] = rendezvous(self.pgs["critic"], 0, 1)
+            _, critic_addr, (critic_port,) = self.rendezvous["critic"]
             self.critics = ActorGroup(
                 [
                     make_actor(
                         Critic,
                         num_cpus=critic.num_cpus,
                         num_gpus=critic.num_gpus,
-                        bundle=(self.pg, first_critic + rank),
+                        env=deepspeed_env(critic.num_gpus),
+                        bundle=(self.pgs["critic"], rank),
                     ).remote(
                         critic.path if critic.init == "reward_model" else cfg.model_path,
                         critic,
@@ -355,7 +358,7 @@ class RLActors:
                         cfg.deepspeed,
                         replace(cfg.loss, kl_coef=0.0),
                         rank=rank,
-                        master_addr=master_addr,
+                        master_addr=critic_addr,
                         master_port=critic_port,
                         total_steps=total_steps,
                         max_new_tokens=cfg.rollout.max_new_tokens,
@@ -365,32 +368,69 @@ class RLActors:
                 ]
             )
         self.rollouts = start_rollout_workers(
-            cfg.model_path, v, cfg.seed, bundles=[(self.pg, first_rollout + i) for i in range(v.num_workers)]
+            cfg.model_path, v, cfg.seed, bundles=[(self.pgs["rollout"], i) for i in range(v.num_workers)]
         )
         self.sync_backend = cfg.sync.backend
+        self.sync_timeout_s = cfg.sync.timeout_s
+        # The weights' names, shapes and wire dtype (the engines') and their buckets, planned once
+        # on learner rank 0 for either backend: every sync sends the same layout.
+        self.weight_specs = self.learners.call("init_weight_sync", v.dtype)[0]
         if self.sync_backend == "collective":
-            port, group_size = free_port(), len(self.rollouts) + 1
-            backend = "nccl" if v.num_gpus else "gloo"
-            refs = [
-                w.init_weight_group.remote(master_addr, port, i + 1, group_size, backend)
-                for i, w in enumerate(self.rollouts.actors)
-            ]
-            # Rank 0 computes the weights' names and shapes once; every sync reuses them.
-            self.weight_specs = self.learners.call("init_weight_group", master_addr, port, group_size, backend)[0]
-            ray.get(refs)
+            from rlpost.weight_sync import wait_for_sync
+
+            port, group_size = self.sync_port, len(self.rollouts) + 1
+            backend = "nccl" if v.num_gpus and p.learner_gpus else "gloo"  # NCCL needs GPUs at both ends
+            joining = {
+                "rollout worker": [
+                    w.init_weight_group.remote(master_addr, port, i + 1, group_size, backend)
+                    for i, w in enumerate(self.rollouts.actors)
+                ],
+                "learner rank": [self.learners[0].init_weight_group.remote(master_addr, port, group_size, backend)],
+            }
+            wait_for_sync(joining, f"{backend} group set-up", self.sync_timeout_s)
+
+    def placement(self) -> dict:
+        """Where the run's actors are: each role's node ids, one per bundle (actor) in rank
+        order, and each DeepSpeed world's rendezvous (node id, IP, ports)."""
+        from ray.util import placement_group_table
+
+        where = {}
+        for role, pg in self.pgs.items():
+            nodes = placement_group_table(pg)["bundles_to_node_id"]
+            where[role] = [nodes[i] for i in sorted(nodes)]
+        return {
+            "nodes": where,
+            "rendezvous": {k: {"node": n, "ip": ip, "ports": ports} for k, (n, ip, ports) in self.rendezvous.items()},
+        }
 
     def sync_weights(self) -> float:
-        """Push the learner's current weights into every rollout engine; returns seconds."""
-        import ray
+        """Push the learner's current weights into every rollout engine; returns seconds.
+
+        Object store: learner rank 0 puts the weights into the object store itself, bucket by
+        bucket in the engines' dtype, and returns only the refs, which the engines read the
+        buckets by; no weight passes through this process. Collective: rank 0 broadcasts the
+        same buckets to the engines' group.
+
+        The whole sync is bounded by sync.timeout_s: past it, WeightSyncTimeout names the
+        backend and the actors that did not answer. Actors blocked in a gloo/NCCL broadcast
+        cannot be interrupted from here and stay stuck: the caller's error path ends them with
+        `shutdown` (and a driver that exits ends its actors with it).
+        """
+        from rlpost.weight_sync import wait_for_sync
 
         t0 = time.perf_counter()
+        timeout_s = self.sync_timeout_s
         if self.sync_backend == "object_store":
-            state_ref = ray.put(self.learners.call("state_dict")[0])
-            self.rollouts.call("update_weights", state_ref)
+            put = {"learner rank": self.learners.submit("put_weights")}  # every rank: ZeRO-3 gathers
+            refs = wait_for_sync(put, "object_store", timeout_s, t0)["learner rank"][0]
+            loads = {"rollout worker": self.rollouts.submit("update_weights", refs)}
+            wait_for_sync(loads, "object_store", timeout_s, t0)
         else:
-            received = self.rollouts.submit("receive_weights", self.weight_specs)
-            self.learners.call("broadcast_weights")
-            ray.get(received)
+            calls = {
+                "rollout worker": self.rollouts.submit("receive_weights", self.weight_specs),
+                "learner rank": self.learners.submit("broadcast_weights"),
+            }
+            wait_for_sync(calls, "collective", timeout_s, t0)
         return time.perf_counter() - t0
 
     def save_checkpoint(self, run_dir: str | Path, step: int, state: dict) -> None:
@@ -415,7 +455,8 @@ class RLActors:
         for group in (self.rollouts, self.learners, self.critics, self.rewards):
             if group is not None:
                 group.kill()
-        remove_placement_group(self.pg)
+        for pg in self.pgs.values():
+            remove_placement_group(pg)
 
     def resync_rollout(self, index: int) -> None:
         """Wait until rollout worker `index` is back after a restart and give it the learner's

@@ -262,8 +262,24 @@ def _merge(into: dict, new: dict) -> None:
             into[k] = v
 
 
+JOB_COPY_HINT = (
+    "this job runs in Ray's temporary copy of its --working-dir, which leaves out git-ignored "
+    "files such as runs/ and is deleted with the job: pass an absolute path (e.g. $PWD/runs/...) "
+    "or one on storage every node reaches"
+)
+
+
+def in_job_copy() -> bool:
+    """Whether this process runs in the copy of a working dir that `ray job submit --working-dir`
+    unpacked (under the session's runtime_resources/working_dir_files)."""
+    return "working_dir_files" in Path.cwd().parts
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config (every default filled in) as YAML."""
+    """Write the resolved config (every default filled in) as YAML into its run folder. A relative
+    run folder inside a Ray job's working-dir copy is refused: the run would vanish with it."""
+    if in_job_copy() and not Path(path).is_absolute():
+        raise ConfigError(f"run_dir: {Path(path).parent} is relative; {JOB_COPY_HINT}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
@@ -277,4 +293,5 @@ def check_path(key: str, path: str) -> None:
         return
     hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) and not path.startswith((".", "~"))
     if not hub_id or Path(path.split("/")[0]).is_dir():  # e.g. runs/x: meant as a local folder
-        raise ConfigError(f"{key}: no such file or folder: {path} (working directory {Path.cwd()})")
+        hint = f"; {JOB_COPY_HINT}" if in_job_copy() else ""
+        raise ConfigError(f"{key}: no such file or folder: {path} (working directory {Path.cwd()}){hint}")

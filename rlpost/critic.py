@@ -101,9 +101,9 @@ class Critic(Learner):
     def values(self, trajectories: list[Trajectory]) -> list[list[float]]:
         """This rank's shard's values, one list per completion token; `unshard` the ranks' results."""
         mine = shard(trajectories, self.rank, self.world_size)
-        batch = pack(mine, self.tokenizer.pad_token_id)
+        batch = self.trainer.to_device(pack(mine, self.tokenizer.pad_token_id))
         ids, last = batch["input_ids"], batch["last"]
-        out = torch.zeros(ids.shape[0], ids.shape[1] - 1)
+        out = torch.zeros(ids.shape[0], ids.shape[1] - 1, device=ids.device)
         size = self.loss_cfg.micro_batch_size
         passes = math.ceil(math.ceil(len(trajectories) / self.world_size) / size)  # lockstep under ZeRO-3
         self.trainer.train_mode(False)
@@ -118,7 +118,9 @@ class Critic(Learner):
     def train(self, trajectories: list[Trajectory]) -> dict:
         """The critic's update on trajectories carrying `values` (rollout time) and `returns`;
         metrics named critic/*."""
-        batch = pack(shard(trajectories, self.rank, self.world_size), self.tokenizer.pad_token_id)
+        batch = self.trainer.to_device(
+            pack(shard(trajectories, self.rank, self.world_size), self.tokenizer.pad_token_id)
+        )
         out = self._update(batch, math.ceil(len(trajectories) / self.world_size), None, None, 1.0)
         return {f"critic/{k}": v for k, v in out.items()}
 

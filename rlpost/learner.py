@@ -127,7 +127,7 @@ def length_sorted_parts(indices: torch.Tensor, last: torch.Tensor, parts: int) -
     """`indices` sorted by sample length and cut into `parts` micro-batches of similar lengths, so
     each can be cut to its longest sample with little padding. Parts are empty when there are
     fewer samples than parts."""
-    ordered = indices[last[indices].argsort(stable=True)]
+    ordered = indices[last[indices].argsort(stable=True).to(indices.device)]
     return list(torch.tensor_split(ordered, parts))
 
 
@@ -143,7 +143,7 @@ def packed_logprobs(
     in lockstep (ZeRO-3 gathers weights in every forward) fill theirs with discarded passes."""
     ids, last = batch["input_ids"], batch["last"]
     n = ids.shape[0]
-    out = torch.zeros(n, ids.shape[1] - 1)
+    out = torch.zeros(n, ids.shape[1] - 1, device=ids.device)
     for idx in length_sorted_parts(torch.arange(n), last, max(passes, math.ceil(n / micro_batch_size))):
         if len(idx) == 0:
             forward(ids[:1, :2])
@@ -201,7 +201,8 @@ class Learner:
         self.tokenizer = load_tokenizer(model_path)
         self.reference = None
         if loss.kl_coef > 0 or reference:  # the frozen starting policy; not loaded when nothing uses it
-            self.reference = load_model(model_path, "bfloat16" if self.trainer.bf16 else "float32").eval()
+            self.reference = load_model(model_path, "bfloat16" if self.trainer.bf16 else "float32")
+            self.reference.to(self.trainer.engine.device).eval()
             self.reference.requires_grad_(False)
         # Token-weighted means reported by `train`, summed over micro-batches and ranks.
         self.token_metrics = ["entropy", "clip_frac", "approx_kl", "logprob_gap"]
@@ -224,7 +225,7 @@ class Learner:
         if len(trajectories) < self.world_size:
             raise ValueError(f"{len(trajectories)} trajectories for {self.world_size} learner ranks")
         mine = shard(trajectories, self.rank, self.world_size)
-        batch = pack(mine, self.tokenizer.pad_token_id)
+        batch = self.trainer.to_device(pack(mine, self.tokenizer.pad_token_id))
         # Every gradient reduction (and, under ZeRO-3, every forward) is a collective, so all ranks
         # run as many micro-batches as the largest shard needs; the shard sizes are known locally.
         largest_shard = math.ceil(len(trajectories) / self.world_size)
@@ -349,7 +350,7 @@ class Learner:
         (None without one), one list per trajectory; `unshard` the ranks' results. Every rank
         must call (ZeRO-3 gathers weights in every forward)."""
         mine = shard(trajectories, self.rank, self.world_size)
-        batch = pack(mine, self.tokenizer.pad_token_id)
+        batch = self.trainer.to_device(pack(mine, self.tokenizer.pad_token_id))
         size = self.loss_cfg.micro_batch_size
         passes = math.ceil(math.ceil(len(trajectories) / self.world_size) / size)
         self.trainer.train_mode(False)
@@ -365,27 +366,55 @@ class Learner:
         state = self.trainer.full_state_dict()
         return state if self.rank == 0 else None
 
-    def init_weight_group(self, master_addr: str, master_port: int, world_size: int, backend: str):
-        """Rank 0 joins the rollout workers' weight-broadcast group; every rank must call (ZeRO-3
-        gathers). Returns the weights' specs on rank 0 (None elsewhere): the receivers need them
-        for every `broadcast_weights`, and names, shapes and dtypes never change."""
-        from rlpost.weight_sync import create_weight_group, weight_specs
+    def init_weight_sync(self, dtype: str) -> list | None:
+        """Plan every weight sync once: the names and shapes of the weights to send, in the
+        engines' dtype (`dtype` is vllm.dtype, resolved as the engines resolve it), and their
+        buckets. Every rank must call (ZeRO-3 gathers). Returns the specs on rank 0 (None
+        elsewhere): the receivers of a broadcast need them, and they never change."""
+        from rlpost.weight_sync import engine_dtype, plan_buckets, to_dtype, weight_specs
 
-        state = self.trainer.full_state_dict()
+        with self.trainer.gathered_weights() as weights:
+            specs = weight_specs(weights, to_dtype(engine_dtype(dtype)))
         if self.rank != 0:
             return None
-        self.weight_specs = weight_specs(state)
-        self.weight_group = create_weight_group(master_addr, master_port, 0, world_size, backend)
-        return self.weight_specs
+        self.weight_specs = specs
+        self.weight_buckets = plan_buckets(specs)
+        return specs
+
+    def put_weights(self) -> list | None:
+        """Rank 0 puts the current weights into Ray's object store, one object per bucket in the
+        engines' dtype, and returns only their refs (None elsewhere): the bytes go from this
+        process to the engines without passing through the driver. Every rank must call (ZeRO-3
+        gathers)."""
+        from rlpost.weight_sync import put_buckets
+
+        with self.trainer.gathered_weights() as weights:
+            if self.rank != 0:
+                return None
+            if self.weight_specs is None:
+                raise RuntimeError("put_weights needs init_weight_sync first (it plans the buckets)")
+            return put_buckets(weights, self.weight_buckets)
+
+    def init_weight_group(self, master_addr: str, master_port: int, world_size: int, backend: str) -> None:
+        """Rank 0 joins the rollout workers' weight-broadcast group (the other ranks have no part
+        in it); the rollout workers must be joining at the same time."""
+        from rlpost.weight_sync import create_weight_group
+
+        if self.rank == 0:
+            self.weight_group = create_weight_group(master_addr, master_port, 0, world_size, backend)
 
     def broadcast_weights(self) -> float:
-        """Rank 0 broadcasts the current weights to the rollout workers' group; returns seconds."""
+        """Rank 0 broadcasts the current weights to the rollout workers' group, bucket by bucket
+        in the engines' dtype, from one gather; every rank must call (ZeRO-3 gathers). Returns
+        seconds."""
         from rlpost.weight_sync import broadcast_weights
 
         t0 = time.perf_counter()
-        state = self.trainer.full_state_dict()
-        if self.rank == 0:
-            broadcast_weights(self.weight_group, state, self.weight_specs)
+        with self.trainer.gathered_weights() as weights:
+            if self.rank == 0:
+                if self.weight_specs is None:
+                    raise RuntimeError("broadcast_weights needs init_weight_sync first (it plans the buckets)")
+                broadcast_weights(self.weight_group, weights, self.weight_specs)
         return time.perf_counter() - t0
 
     # -- checkpoints ---------------------------------------------------------------------------

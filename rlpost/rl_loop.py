@@ -14,6 +14,7 @@ An `algorithm` has `name`, `update(actors, groups, step) -> (metrics, policy_mov
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def run(cfg, algorithm) -> dict:
     actors = RLActors(
         with_judge(cfg), total_steps=cfg.steps, verifiers={t: VERIFIERS[t] for t in {p.task for p in pool}}
     )
+    (run_dir / "placement.json").write_text(json.dumps(actors.placement(), indent=1))
     logger = MetricsLogger(run_dir, cfg.logging, algorithm.name, config=to_dict(cfg))
     # One place for a lost actor: a learner or critic rank takes its DeepSpeed world's state with
     # it (and leaves the other ranks waiting in a collective), so the run stops and --resume

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +180,10 @@ class DeepSpeedTrainer:
         # every real token's logits.
         return self.engine(input_ids=input_ids, use_cache=False).logits
 
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's tensors on the engine's device (a GPU under DS_ACCELERATOR=cuda)."""
+        return {k: v.to(self.engine.device) for k, v in batch.items()}
+
     def train_mode(self, training: bool = True) -> None:
         """Training (dropout on) or evaluation mode of the model."""
         self.engine.train(training)
@@ -208,19 +214,27 @@ class DeepSpeedTrainer:
     def train_lm_batch(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> dict:
         """One optimizer step of masked next-token cross-entropy (pretraining and SFT)."""
         self.train_mode()
+        input_ids, loss_mask = input_ids.to(self.engine.device), loss_mask.to(self.engine.device)
         loss = masked_lm_loss(self.logits(input_ids), input_ids, loss_mask)
         self.backward(loss)
         return {"loss": loss.item(), "grad_norm": self.grad_norm(), "lr": self.lr()}
 
     # -- weights and checkpoints -------------------------------------------------------------------
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """fp32 HF-named weights on CPU (gathered from all ranks under ZeRO-3). All ranks must call."""
+    @contextmanager
+    def gathered_weights(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The model's HF-named weights themselves, not copies (gathered from all ranks under
+        ZeRO-3), for the duration of the `with`: read them there, once. All ranks must enter."""
         import deepspeed
 
         module = self.engine.module
         params = list(module.parameters())
         with deepspeed.zero.GatheredParameters(params, enabled=hasattr(params[0], "ds_id")):
-            return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
+            yield module.state_dict()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """fp32 HF-named weights on CPU, a copy (gathered from all ranks under ZeRO-3). All ranks must call."""
+        with self.gathered_weights() as weights:
+            return {k: v.to("cpu", torch.float32, copy=True) for k, v in weights.items()}
 
     def save_hf(self, path: str | Path, tokenizer) -> None:
         """Save the current weights as an HF folder (rank 0 writes; all ranks must call)."""

@@ -140,3 +140,20 @@ def test_grpo_via_ray_job_submit(ray_head, sft_run, tmp_path):
     steps = [m for m in metrics(run_dir) if "loss" in m]
     assert [m["step"] for m in steps] == [1] and "reward/variety" in steps[0]
     assert (run_dir / "model" / "model.safetensors").exists()
+
+
+def test_relative_paths_in_a_job_copy_are_refused_with_a_hint(tmp_path, monkeypatch):
+    """`ray job submit --working-dir .` runs the recipe in a temporary copy without runs/: a
+    relative model path cannot be found there and a relative run folder would vanish with it."""
+    from rlpost.config import ConfigError, check_path, save_config
+    from rlpost.trainer import OptimConfig
+
+    copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    with pytest.raises(ConfigError, match=r"model_path: no such file or folder: runs/sft_tiny/model .*absolute path"):
+        check_path("model_path", "runs/sft_tiny/model")
+    with pytest.raises(ConfigError, match=r"run_dir: runs/grpo_job is relative; .*--working-dir"):
+        save_config(OptimConfig(), "runs/grpo_job/config.yaml")
+    save_config(OptimConfig(), tmp_path / "grpo_job" / "config.yaml")  # an absolute run folder is fine
+    assert (tmp_path / "grpo_job" / "config.yaml").exists()
