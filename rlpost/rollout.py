@@ -387,14 +387,22 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ weight sync
 
-    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
-        """Load a full set of HF-named weights (the model's state_dict) and return seconds taken.
+    def update_weights(self, weights: Mapping[str, torch.Tensor] | list) -> float:
+        """Load a full set of HF-named weights and return seconds taken: a {name: tensor} dict (the
+        model's state_dict), or the object refs of the buckets the learner put into the object
+        store (`weight_sync.put_buckets`, bucket by bucket in the engine's dtype).
 
         Every weight must be present: a layer given only some of its tensors would be rebuilt
         from uninitialised memory. Dtypes are converted to the engine's dtype.
         """
         t0 = time.perf_counter()
-        self.llm.collective_rpc("rlpost_load_weights", args=(named_tensors,))
+        if not isinstance(weights, Mapping):
+            # Read-only views of the object store's shared memory, in bucket order: holding them
+            # all costs the engine no memory of its own, and one reload then sees every layer
+            # whole, whichever bucket its tensors came in. A list (not a lazy iterator) also
+            # crosses to vLLM's worker processes when an engine has more than one.
+            weights = list(weight_sync.fetch_buckets(weights))
+        self.llm.collective_rpc("rlpost_load_weights", args=(weights,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         took = time.perf_counter() - t0
         logger.info("weights updated through the object store in %.3f s", took)

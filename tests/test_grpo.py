@@ -223,8 +223,10 @@ def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster
 @pytest.mark.parametrize("backend", ["object_store", "collective"])
 def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster, tmp_path):
     """After a learner update and a sync, vLLM's greedy output equals transformers' greedy output
-    on the learner's new weights, and differs from the greedy output before."""
+    on the learner's new weights, and differs from the greedy output before. A sync that a rollout
+    worker never answers stops within sync.timeout_s with an error naming it."""
     import random
+    import time
 
     import ray
     import torch
@@ -235,6 +237,7 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
     from rlpost.model import load_model
     from rlpost.tasks import make_problems
     from rlpost.tokenizer import load_tokenizer, stop_token_ids
+    from rlpost.weight_sync import WeightSyncTimeout
 
     cfg = grpo_config(
         sft_run / "model",
@@ -279,6 +282,15 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
         sync_s = actors.sync_weights()
         after = greedy()
         state = actors.learners.call("state_dict")[0]
+
+        # The engine is busy and never takes the sync: the driver gives up after sync.timeout_s.
+        # Actors left waiting in a broadcast are ended by shutdown below.
+        actors.sync_timeout_s = 5
+        actors.rollouts[0].__ray_call__.remote(lambda _: time.sleep(120))
+        t0 = time.perf_counter()
+        with pytest.raises(WeightSyncTimeout, match=rf"\({backend}\).*rollout worker 0.*sync\.timeout_s"):
+            actors.sync_weights()
+        assert time.perf_counter() - t0 < 5 + 5
     finally:
         actors.shutdown()
     model = load_model(cfg.model_path, "float32")

@@ -200,29 +200,36 @@ def test_broadcast_refuses_weights_that_do_not_match_the_receivers_specs():
 
 
 @pytest.mark.slow
-def test_weight_specs_come_once_and_each_broadcast_sends_the_current_weights(sft_run, ray_cluster):
+def test_weight_specs_come_once_and_each_sync_sends_the_current_weights(sft_run, ray_cluster):
+    """Broadcast and object store both send the learner's current weights, in the specs planned
+    once at init_weight_sync; the tied output embedding travels once, as the input embedding."""
     import ray
 
-    from rlpost.weight_sync import create_weight_group, free_port, receive_broadcast
+    from rlpost.weight_sync import create_weight_group, fetch_buckets, free_port, receive_broadcast
 
     (learner,) = _start_learners(sft_run / "model")
     try:
+        specs = ray.get(learner.init_weight_sync.remote("float32"))
         port = free_port()
-        specs_ref = learner.init_weight_group.remote("127.0.0.1", port, 2, "gloo")
+        joined = learner.init_weight_group.remote("127.0.0.1", port, 2, "gloo")
         group = create_weight_group("127.0.0.1", port, 1, 2, "gloo")  # this process receives
-        specs = ray.get(specs_ref)
+        ray.get(joined)
         received = []
         for _ in range(2):  # before and after an update, with the same specs
             sent = learner.broadcast_weights.remote()
             weights = {name: tensor.clone() for name, tensor in receive_broadcast(group, specs)}
             ray.get(sent)
-            received.append((weights, ray.get(learner.state_dict.remote())))
+            stored = {name: tensor.clone() for name, tensor in fetch_buckets(ray.get(learner.put_weights.remote()))}
+            received.append((weights, stored, ray.get(learner.state_dict.remote())))
             ray.get(learner.train.remote(_trajectories(3)))
     finally:
         ray.kill(learner)
-    assert [name for name, _, _ in specs] == list(received[0][1])
-    for weights, state in received:
-        assert weights.keys() == state.keys()
-        for name in state:
+    state_names = list(received[0][2])
+    assert "lm_head.weight" in state_names
+    assert [name for name, _, _ in specs] == [name for name in state_names if name != "lm_head.weight"]
+    for weights, stored, state in received:
+        assert list(weights) == list(stored) == [name for name, _, _ in specs]
+        for name in weights:
             assert torch.equal(weights[name], state[name]), name
+            assert torch.equal(stored[name], state[name]), name
     assert any(not torch.equal(received[0][0][k], received[1][0][k]) for k in received[0][0])

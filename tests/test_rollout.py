@@ -1,8 +1,9 @@
 """RolloutWorker against transformers on the same tiny random Llama, through Ray actors.
 
 What is checked: vLLM greedy ids equal transformers greedy ids; the returned logprobs are those
-of the sampled tokens; after a weight sync (object store, and gloo broadcast from this process
-as rank 0) vLLM's greedy output equals transformers' on the new weights and differs from before.
+of the sampled tokens; after a weight sync (a dict through the object store, buckets put into
+the object store by this process as the learner would, and gloo broadcast from this process as
+rank 0) vLLM's greedy output equals transformers' on the new weights and differs from before.
 
 The engines run in Ray actors so this test process never imports vLLM (in-process vLLM would
 patch torch and create a torch.distributed world here, under other tests' feet).
@@ -22,7 +23,10 @@ from rlpost.rollout import RolloutWorker, rollout_env  # noqa: E402
 from rlpost.weight_sync import (  # noqa: E402
     broadcast_weights,
     create_weight_group,
+    fetch_buckets,
     free_port,
+    plan_buckets,
+    put_buckets,
     weight_specs,
 )
 
@@ -209,6 +213,25 @@ def test_weight_sync_object_store(tied):
     assert after != before
 
 
+def test_weight_sync_object_store_buckets(tied):
+    """The learner's object-store path: the weights put into the object store bucket by bucket
+    (the tied output embedding once), the engine reading them by their refs."""
+    worker, policy = tied
+    before = vllm_greedy(worker)
+    perturb(policy, seed=2)
+    state = policy.state_dict()
+    refs = put_buckets(state, plan_buckets(weight_specs(state), bucket_bytes=1 << 20))
+    assert len(refs) > 2
+    seconds = ray.get(worker.update_weights.remote(refs))
+    print(f"object-store sync by {len(refs)} buckets: {seconds * 1000:.1f} ms")
+    after = vllm_greedy(worker)
+    assert after == hf_greedy(policy)
+    assert after != before
+    # In an engine dtype of bf16 the buckets read back as the weights cast to it.
+    for name, tensor in fetch_buckets(put_buckets(state, plan_buckets(weight_specs(state, torch.bfloat16)))):
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, state[name].to(torch.bfloat16)), name
+
+
 def sync_by_broadcast(worker, policy, group, dtype=None):
     state = state_dict_for_sync(policy)
     if dtype is not None:
@@ -265,5 +288,13 @@ def test_weight_sync_untied_lm_head(ray_cluster, model_dirs):
         head_only = vllm_greedy(worker)
         assert head_only == hf_greedy(policy) and head_only != after
         group.close()
+
+        # And through the object store's buckets.
+        with torch.no_grad():
+            policy.lm_head.weight.add_(torch.randn_like(policy.lm_head.weight) * 0.2)
+        state = policy.state_dict()
+        ray.get(worker.update_weights.remote(put_buckets(state, plan_buckets(weight_specs(state)))))
+        by_buckets = vllm_greedy(worker)
+        assert by_buckets == hf_greedy(policy) and by_buckets != head_only
     finally:
         ray.kill(worker)
