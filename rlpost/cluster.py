@@ -264,8 +264,8 @@ class RLActors:
 
     `cfg` is an RL recipe's config (sections model_path, seed, optim, deepspeed, loss, rollout,
     vllm, placement, sync, rewards, and `critic` for PPO); `verifiers` maps each task to the
-    reward that checks it. `self.rendezvous` records, per DeepSpeed world, the node, IP and ports
-    its store was given."""
+    reward that checks it. `self.rendezvous` records, per process group (DeepSpeed worlds, the
+    weight broadcast), the node, IP and port its store was given."""
 
     def __init__(self, cfg, total_steps: int, verifiers: dict[str, str]):
         import ray
@@ -293,7 +293,7 @@ class RLActors:
         strategies = {"rollout": p.strategy}  # a DeepSpeed world stays on as few nodes as possible
         self.pgs = {role: placement_group(b, strategy=strategies.get(role, "PACK")) for role, b in bundles.items()}
         ray.get([pg.ready() for pg in self.pgs.values()], timeout=600)
-        self.rendezvous = {"learner": rendezvous(self.pgs["learner"], 0, 2)}
+        self.rendezvous = {}
 
         # Reward workers first: a bad reward reference stops the run before the engines load.
         # File references are made absolute here: a job's actors may run in another folder.
@@ -313,7 +313,9 @@ class RLActors:
             self.shutdown()
             raise ConfigError(f"rewards.functions: {getattr(error, 'cause', error)}") from None
 
-        _, master_addr, (master_port, self.sync_port) = self.rendezvous["learner"]
+        # Each port is probed just before its store starts: engines starting meanwhile take ports.
+        self.rendezvous["learner"] = rendezvous(self.pgs["learner"], 0, 1)
+        _, master_addr, (master_port,) = self.rendezvous["learner"]
         self.learners = ActorGroup(
             [
                 make_actor(
@@ -378,7 +380,9 @@ class RLActors:
         if self.sync_backend == "collective":
             from rlpost.weight_sync import wait_for_sync
 
-            port, group_size = self.sync_port, len(self.rollouts) + 1
+            self.rendezvous["weight_sync"] = rendezvous(self.pgs["learner"], 0, 1)
+            _, _, (port,) = self.rendezvous["weight_sync"]
+            group_size = len(self.rollouts) + 1
             backend = "nccl" if v.num_gpus and p.learner_gpus else "gloo"  # NCCL needs GPUs at both ends
             joining = {
                 "rollout worker": [
