@@ -111,6 +111,7 @@ def train(cfg: PPOConfig) -> dict:
 
 if __name__ == "__main__":
     from rlpost.reward_runner import RewardFunctionBroken
+    from rlpost.rl_loop import RunStopped
 
     apply_cache_env()
     try:
@@ -119,4 +120,6 @@ if __name__ == "__main__":
         raise SystemExit(f"config error: {error}") from None
     except RewardFunctionBroken as error:  # raised in a reward worker; its message says it all
         raise SystemExit(f"stopped: {getattr(error, 'cause', error)}") from None
+    except RunStopped as error:
+        raise SystemExit(f"stopped: {error}") from None
     print(f"PPO finished after {result['steps']} steps; held-out accuracy: {result['eval']}")

@@ -313,62 +313,20 @@ class RLActors:
             self.shutdown()
             raise ConfigError(f"rewards.functions: {getattr(error, 'cause', error)}") from None
 
-        # Each port is probed just before its store starts: engines starting meanwhile take ports.
-        self.rendezvous["learner"] = rendezvous(self.pgs["learner"], 0, 1)
-        _, master_addr, (master_port,) = self.rendezvous["learner"]
-        self.learners = ActorGroup(
-            [
-                make_actor(
-                    Learner,
-                    num_cpus=p.learner_cpus,
-                    num_gpus=p.learner_gpus,
-                    env=deepspeed_env(p.learner_gpus),
-                    bundle=(self.pgs["learner"], rank),
-                ).remote(
-                    cfg.model_path,
-                    cfg.optim,
-                    cfg.deepspeed,
-                    cfg.loss,
-                    rank=rank,
-                    master_addr=master_addr,
-                    master_port=master_port,
-                    total_steps=total_steps,
-                    max_new_tokens=cfg.rollout.max_new_tokens,
-                    seed=cfg.seed,
-                    reference=critic is not None,  # PPO's KL reward needs the reference's logprobs
-                )
-                for rank in range(world)
-            ]
-        )
+        common = dict(total_steps=total_steps, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed)
+        self.learners = self._deepspeed_world(
+            "learner", Learner, p.learner_cpus, p.learner_gpus,
+            cfg.model_path, cfg.optim, cfg.deepspeed, cfg.loss,
+            reference=critic is not None, **common,  # PPO's KL reward needs the reference's logprobs
+        )  # fmt: skip
         if critic is not None:
             from rlpost.critic import Critic
 
-            self.rendezvous["critic"] = rendezvous(self.pgs["critic"], 0, 1)
-            _, critic_addr, (critic_port,) = self.rendezvous["critic"]
-            self.critics = ActorGroup(
-                [
-                    make_actor(
-                        Critic,
-                        num_cpus=critic.num_cpus,
-                        num_gpus=critic.num_gpus,
-                        env=deepspeed_env(critic.num_gpus),
-                        bundle=(self.pgs["critic"], rank),
-                    ).remote(
-                        critic.path if critic.init == "reward_model" else cfg.model_path,
-                        critic,
-                        cfg.optim,
-                        cfg.deepspeed,
-                        replace(cfg.loss, kl_coef=0.0),
-                        rank=rank,
-                        master_addr=critic_addr,
-                        master_port=critic_port,
-                        total_steps=total_steps,
-                        max_new_tokens=cfg.rollout.max_new_tokens,
-                        seed=cfg.seed,
-                    )
-                    for rank in range(world)
-                ]
-            )
+            self.critics = self._deepspeed_world(
+                "critic", Critic, critic.num_cpus, critic.num_gpus,
+                critic.path if critic.init == "reward_model" else cfg.model_path, critic,
+                cfg.optim, cfg.deepspeed, replace(cfg.loss, kl_coef=0.0), **common,
+            )  # fmt: skip
         self.rollouts = start_rollout_workers(
             cfg.model_path, v, cfg.seed, bundles=[(self.pgs["rollout"], i) for i in range(v.num_workers)]
         )
@@ -381,7 +339,7 @@ class RLActors:
             from rlpost.weight_sync import wait_for_sync
 
             self.rendezvous["weight_sync"] = rendezvous(self.pgs["learner"], 0, 1)
-            _, _, (port,) = self.rendezvous["weight_sync"]
+            _, master_addr, (port,) = self.rendezvous["weight_sync"]
             group_size = len(self.rollouts) + 1
             backend = "nccl" if v.num_gpus and p.learner_gpus else "gloo"  # NCCL needs GPUs at both ends
             joining = {
@@ -392,6 +350,22 @@ class RLActors:
                 "learner rank": [self.learners[0].init_weight_group.remote(master_addr, port, group_size, backend)],
             }
             wait_for_sync(joining, f"{backend} group set-up", self.sync_timeout_s)
+
+    def _deepspeed_world(self, role: str, cls, num_cpus: float, num_gpus: float, *args, **kwargs) -> ActorGroup:
+        """One DeepSpeed world of `cls` ranks, a rank per bundle of the role's placement group. Its
+        store's port is probed on rank 0's node just before the ranks start: engines starting
+        meanwhile would take a port probed earlier."""
+        pg = self.pgs[role]
+        self.rendezvous[role] = rendezvous(pg, 0, 1)
+        _, addr, (port,) = self.rendezvous[role]
+        return ActorGroup(
+            [
+                make_actor(
+                    cls, num_cpus=num_cpus, num_gpus=num_gpus, env=deepspeed_env(num_gpus), bundle=(pg, rank)
+                ).remote(*args, rank=rank, master_addr=addr, master_port=port, **kwargs)
+                for rank in range(pg.bundle_count)
+            ]
+        )
 
     def placement(self) -> dict:
         """Where the run's actors are: each role's node ids, one per bundle (actor) in rank

@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 
 
+class RunStopped(RuntimeError):
+    """An actor was lost or a weight sync timed out: the run stopped and says how to resume it."""
+
+
 def run(cfg, algorithm) -> dict:
     """Train `cfg` (an RL recipe's config) with `algorithm`; returns steps, final eval and wall time."""
     from ray.exceptions import RayActorError
@@ -33,6 +37,7 @@ def run(cfg, algorithm) -> dict:
     from rlpost.tasks import VERIFIERS, make_problems
     from rlpost.tokenizer import load_tokenizer
     from rlpost.trainer import latest_checkpoint
+    from rlpost.weight_sync import WeightSyncTimeout
 
     check_path("model_path", cfg.model_path)
     if cfg.data.gsm8k:
@@ -123,20 +128,21 @@ def run(cfg, algorithm) -> dict:
             actors.critics.call("save_hf", str(run_dir / "critic_model"))
         final = evaluate_held_out()
         logger.log(step, {"final/" + k: v for k, v in final.items()})
-        logger.close()
         monitor.finish()
-        actors.shutdown()
         return {"steps": step, "eval": final, "wall_s": time.time() - start}
-    except RayActorError as error:
-        lost = _actor_name(actors, error)
-        actors.shutdown()
-        logger.close()
+    except (RayActorError, WeightSyncTimeout) as error:
+        what = (
+            f"{_actor_name(actors, error)} died ({type(error).__name__})" if isinstance(error, RayActorError) else error
+        )
         checkpoint = latest_checkpoint(run_dir)
-        raise RuntimeError(
-            f"{lost} died ({type(error).__name__}), so the run stopped; rerun with --resume (the same "
-            f"config and --run_dir {run_dir}) to continue from "
+        raise RunStopped(
+            f"{what}, so the run stopped; rerun with --resume (the same config and --run_dir {run_dir}) to "
+            "continue from "
             + (f"its last checkpoint, {checkpoint}" if checkpoint else "the start (no checkpoint was written yet)")
         ) from error
+    finally:  # on any error too: engines blocked in a broadcast would otherwise outlive the run
+        actors.shutdown()
+        logger.close()
 
 
 def _actor_name(actors, error) -> str:

@@ -6,8 +6,8 @@ new weights are handed to the model as tensors with no serialisation. It runs as
 (`rlpost.cluster.start_rollout_workers`) so the engine owns its process: vLLM replaces
 ``torch.set_num_threads`` there and sets up its own ``torch.distributed`` world.
 
-Weights arrive either as a ``{hf_name: tensor}`` dict through Ray's object store
-(`update_weights`) or by a broadcast from the learner's rank 0 over a private process group
+Weights arrive either as buckets in Ray's object store, put there by the learner's rank 0 and
+read by their refs (`update_weights`), or by a broadcast from the learner's rank 0 over a private process group
 (`init_weight_group` + `receive_weights`; the sender side is `rlpost.weight_sync`). Either way
 the methods that touch the model run inside vLLM's worker through `RolloutWorkerExtension`.
 

@@ -105,6 +105,69 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def sync_check_prompts(tokenizer, count: int = 4) -> list[list[int]]:
+    from rlpost.chat import prompt_ids
+    from rlpost.tasks import make_problems
+
+    return [prompt_ids(tokenizer, p.prompt) for p in make_problems("arithmetic", "eval", count)]
+
+
+def engine_greedy(actors, prompts, tokenizer, max_new_tokens: int = 24) -> list[list[int]]:
+    """Rollout worker 0's greedy completions of `prompts`."""
+    import ray
+
+    from rlpost.tokenizer import stop_token_ids
+
+    out = actors.rollouts[0].generate.remote(
+        prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=stop_token_ids(tokenizer)
+    )
+    return [g[0].token_ids for g in ray.get(out)]
+
+
+def train_on_random_tokens(actors, prompts) -> None:
+    """One learner update on random completions with ±1 advantages: the weights surely move."""
+    import random
+
+    from rlpost.learner import Trajectory
+
+    rng = random.Random(0)
+    trajectories = [
+        Trajectory(
+            prompts[i % len(prompts)],
+            [rng.randrange(20, 500) for _ in range(24)],
+            [-5.0] * 24,
+            [1] * 24,
+            [rng.choice([-1.0, 1.0])] * 24,
+        )
+        for i in range(16)
+    ]
+    actors.learners.call("train", trajectories, 1.0)
+
+
+def transformers_greedy(model_path, state, prompts, tokenizer, max_new_tokens: int = 24) -> list[list[int]]:
+    """transformers' greedy completions of `prompts` with the weights `state` (fp32)."""
+    import torch
+
+    from rlpost.model import load_model
+    from rlpost.tokenizer import stop_token_ids
+
+    model = load_model(model_path, "float32")
+    model.load_state_dict(state)
+    model.eval()
+    completions = []
+    for ids in prompts:
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_token_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        completions.append(out[0, len(ids) :].tolist())
+    return completions
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("pretrain")

@@ -6,7 +6,14 @@ import json
 import math
 
 import pytest
-from conftest import grpo_config, metrics
+from conftest import (
+    engine_greedy,
+    grpo_config,
+    metrics,
+    sync_check_prompts,
+    train_on_random_tokens,
+    transformers_greedy,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -225,18 +232,10 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
     """After a learner update and a sync, vLLM's greedy output equals transformers' greedy output
     on the learner's new weights, and differs from the greedy output before. A sync that a rollout
     worker never answers stops within sync.timeout_s with an error naming it."""
-    import random
     import time
 
-    import ray
-    import torch
-
-    from rlpost.chat import prompt_ids
     from rlpost.cluster import RLActors
-    from rlpost.learner import Trajectory
-    from rlpost.model import load_model
-    from rlpost.tasks import make_problems
-    from rlpost.tokenizer import load_tokenizer, stop_token_ids
+    from rlpost.tokenizer import load_tokenizer
     from rlpost.weight_sync import WeightSyncTimeout
 
     cfg = grpo_config(
@@ -254,33 +253,13 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
         ],
     )
     tokenizer = load_tokenizer(cfg.model_path)
-    prompts = [prompt_ids(tokenizer, p.prompt) for p in make_problems("arithmetic", "eval", 4)]
+    prompts = sync_check_prompts(tokenizer)
     actors = RLActors(cfg, total_steps=2, verifiers={"arithmetic": "math"})
     try:
-
-        def greedy():
-            out = ray.get(
-                actors.rollouts[0].generate.remote(
-                    prompts, n=1, max_new_tokens=24, temperature=0.0, stop_token_ids=stop_token_ids(tokenizer)
-                )
-            )
-            return [g[0].token_ids for g in out]
-
-        before = greedy()
-        rng = random.Random(0)
-        trajectories = [
-            Trajectory(
-                prompts[i % 4],
-                [rng.randrange(20, 500) for _ in range(24)],
-                [-5.0] * 24,
-                [1] * 24,
-                [rng.choice([-1.0, 1.0])] * 24,
-            )
-            for i in range(16)
-        ]
-        actors.learners.call("train", trajectories, 1.0)
+        before = engine_greedy(actors, prompts, tokenizer)
+        train_on_random_tokens(actors, prompts)
         sync_s = actors.sync_weights()
-        after = greedy()
+        after = engine_greedy(actors, prompts, tokenizer)
         state = actors.learners.call("state_dict")[0]
 
         # The engine is busy and never takes the sync: the driver gives up after sync.timeout_s.
@@ -293,21 +272,7 @@ def test_weight_sync_makes_vllm_match_transformers(backend, sft_run, ray_cluster
         assert time.perf_counter() - t0 < 5 + 5
     finally:
         actors.shutdown()
-    model = load_model(cfg.model_path, "float32")
-    model.load_state_dict(state)
-    model.eval()
-    expected = []
-    for ids in prompts:
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([ids]),
-                max_new_tokens=24,
-                do_sample=False,
-                eos_token_id=stop_token_ids(tokenizer),
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        expected.append(out[0, len(ids) :].tolist())
-    assert after == expected
+    assert after == transformers_greedy(cfg.model_path, state, prompts, tokenizer)
     assert after != before
     assert sync_s < 30
 

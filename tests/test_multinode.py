@@ -5,10 +5,17 @@ nodes. (Tested here on one CPU box; real multi-machine clusters and GPUs are not
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
-from conftest import grpo_config, load_recipe, metrics
+from conftest import (
+    engine_greedy,
+    grpo_config,
+    load_recipe,
+    metrics,
+    sync_check_prompts,
+    train_on_random_tokens,
+    transformers_greedy,
+)
 
 from rlpost.config import ConfigError
 
@@ -72,43 +79,19 @@ def test_roles_on_their_nodes_and_the_sync_reaches_the_other_node(sft_run, three
     """Each role's actors run on its node; DeepSpeed's and the weight group's store were given the
     learner node's address; after an update and a collective sync from node 1 to node 2, vLLM's
     greedy output equals transformers' on the learner's weights."""
-    import ray
-    import torch
-
-    from rlpost.chat import prompt_ids
     from rlpost.cluster import RLActors
-    from rlpost.learner import Trajectory
-    from rlpost.model import load_model
-    from rlpost.tasks import make_problems
-    from rlpost.tokenizer import load_tokenizer, stop_token_ids
+    from rlpost.tokenizer import load_tokenizer
 
     cfg = grpo_config(sft_run / "model", tmp_path, MULTINODE_ARGS)
     tokenizer = load_tokenizer(cfg.model_path)
-    prompts = [prompt_ids(tokenizer, p.prompt) for p in make_problems("arithmetic", "eval", 4)]
+    prompts = sync_check_prompts(tokenizer)
     actors = RLActors(cfg, total_steps=2, verifiers={"arithmetic": "math"})
     try:
         where = actors.placement()
-        greedy = actors.rollouts[0].generate.remote(
-            prompts, n=1, max_new_tokens=24, temperature=0.0, stop_token_ids=stop_token_ids(tokenizer)
-        )
-        before = [g[0].token_ids for g in ray.get(greedy)]
-        rng = random.Random(0)
-        trajectories = [
-            Trajectory(
-                prompts[i % 4],
-                [rng.randrange(20, 500) for _ in range(24)],
-                [-5.0] * 24,
-                [1] * 24,
-                [rng.choice([-1.0, 1.0])] * 24,
-            )
-            for i in range(16)
-        ]
-        actors.learners.call("train", trajectories, 1.0)
+        before = engine_greedy(actors, prompts, tokenizer)
+        train_on_random_tokens(actors, prompts)
         actors.sync_weights()
-        greedy = actors.rollouts[0].generate.remote(
-            prompts, n=1, max_new_tokens=24, temperature=0.0, stop_token_ids=stop_token_ids(tokenizer)
-        )
-        after = [g[0].token_ids for g in ray.get(greedy)]
+        after = engine_greedy(actors, prompts, tokenizer)
         state = actors.learners.call("state_dict")[0]
     finally:
         actors.shutdown()
@@ -118,22 +101,7 @@ def test_roles_on_their_nodes_and_the_sync_reaches_the_other_node(sft_run, three
     # DeepSpeed's store and the weight broadcast's listen on the learner's node.
     assert where["rendezvous"]["learner"]["node"] == three_nodes["learner"]
     assert where["rendezvous"]["weight_sync"]["node"] == three_nodes["learner"]
-
-    model = load_model(cfg.model_path, "float32")
-    model.load_state_dict(state)
-    model.eval()
-    expected = []
-    for ids in prompts:
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([ids]),
-                max_new_tokens=24,
-                do_sample=False,
-                eos_token_id=stop_token_ids(tokenizer),
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        expected.append(out[0, len(ids) :].tolist())
-    assert after == expected
+    assert after == transformers_greedy(cfg.model_path, state, prompts, tokenizer)
     assert after != before
 
 
