@@ -1,7 +1,8 @@
 """Compare models side by side: a thinking (RL) model, an SFT model, a chat model, on the same problems.
 
     python recipes/compare.py --config recipes/configs/compare_tiny.yaml
-    ray job submit --working-dir . -- python recipes/compare.py --config recipes/configs/compare_tiny.yaml
+    ray job submit --working-dir . -- python recipes/compare.py --config recipes/configs/compare_tiny.yaml \
+        --models "{sft: $PWD/runs/sft_tiny/model, grpo: $PWD/runs/grpo_tiny/model}" --run_dir $PWD/runs/compare_tiny
 
 Every model (a named HF folder with its own tokenizer and chat template) answers the same
 held-out problems through a vLLM rollout worker on Ray, with one sampling setting for all:
@@ -33,6 +34,8 @@ from rlpost.cluster import VLLMConfig
 from rlpost.config import ConfigError, doc, parse_config, section
 from rlpost.tools import ToolConfig
 
+# Prompts per engine call: each call is a step of the progress bar.
+CHUNK_PROMPTS = 100
 REFLECTION_PHRASES = ["wait", "let me check", "let me verify", "double-check", "double check", "re-check", "hmm"]
 
 
@@ -143,10 +146,24 @@ def setting_key(path: str, task: str, count: int, cfg: CompareConfig) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
+def generate(worker, ids: list[list[int]], desc: str, seed: int, **kwargs) -> list:
+    """`worker.generate` over CHUNK_PROMPTS prompts at a time, with a progress bar; prompt i keeps
+    the seed seed + i that one call would give it."""
+    import ray
+    from tqdm import tqdm
+
+    groups = []
+    with tqdm(total=len(ids), desc=desc, unit="problem") as bar:
+        for start in range(0, len(ids), CHUNK_PROMPTS):
+            chunk = ids[start : start + CHUNK_PROMPTS]
+            groups += ray.get(worker.generate.remote(chunk, seed=seed + start, **kwargs))
+            bar.update(len(chunk))
+    return groups
+
+
 def answer_problems(worker, tokenizer, task: str, problems: list, cfg: CompareConfig) -> list[dict]:
     """Records of the greedy answer, the sampled answers and the budget-forced answers of a
     model to one task's problems."""
-    import ray
 
     from rlpost.chat import prompt_ids
     from rlpost.tokenizer import decode_completions, stop_token_ids
@@ -154,8 +171,9 @@ def answer_problems(worker, tokenizer, task: str, problems: list, cfg: CompareCo
     s, stop = cfg.sampling, stop_token_ids(tokenizer)
     ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
     common = {"max_new_tokens": s.max_new_tokens, "stop_token_ids": stop, "seed": s.seed, "tools": cfg.tools}
-    greedy = ray.get(worker.generate.remote(ids, n=1, temperature=0.0, **common))
-    sampled = ray.get(worker.generate.remote(ids, n=s.samples, temperature=s.temperature, top_p=s.top_p, **common))
+    greedy = generate(worker, ids, f"{task}, greedy", n=1, temperature=0.0, **common)
+    sampled = generate(worker, ids, f"{task}, {s.samples} samples", n=s.samples, temperature=s.temperature,
+                       top_p=s.top_p, **common)  # fmt: skip
     records = []
     for sample_name, groups in (("greedy", greedy), ("sampled", sampled)):
         flat = [(i, j, sample) for i, group in enumerate(groups) for j, sample in enumerate(group)]

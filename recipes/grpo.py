@@ -1,7 +1,8 @@
 """Stage 3: GRPO on answer-only practice problems, distributed over Ray actors.
 
     python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml [--rollout.n 16 --optim.lr 5e-5]
-    ray job submit --working-dir . -- python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml
+    ray job submit --working-dir . -- python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml \
+        --model_path $PWD/runs/sft_tiny/model --run_dir $PWD/runs/grpo_tiny
 
 One step (the loop of rlpost/rl_loop.py, shared with PPO; GRPO's own part is `GRPO.update`):
     prompts ──▶ RolloutWorker × R (vLLM) ──▶ RewardWorker × W ──▶ group advantages per token
@@ -17,9 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlpost.cache import apply_cache_env
 from rlpost.cluster import SyncConfig, VLLMConfig
-from rlpost.config import ConfigError, doc, parse_config, section
+from rlpost.config import ConfigError, doc, section
 from rlpost.evaluate import EvalConfig
 from rlpost.hacking_monitor import MonitorConfig
 from rlpost.learner import PolicyLossConfig
@@ -104,16 +104,6 @@ def train(cfg: GRPOConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from rlpost.reward_runner import RewardFunctionBroken
-    from rlpost.rl_loop import RunStopped
+    from rlpost.rl_loop import main
 
-    apply_cache_env()
-    try:
-        result = train(parse_config(GRPOConfig))
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
-    except RewardFunctionBroken as error:  # raised in a reward worker; its message says it all
-        raise SystemExit(f"stopped: {getattr(error, 'cause', error)}") from None
-    except RunStopped as error:
-        raise SystemExit(f"stopped: {error}") from None
-    print(f"GRPO finished after {result['steps']} steps; held-out accuracy: {result['eval']}")
+    main(GRPOConfig, train, "GRPO")

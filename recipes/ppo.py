@@ -3,7 +3,8 @@ against a verifiable reward or a learned reward model, distributed over Ray acto
 
     python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml     # the math reward
     python recipes/ppo.py --config recipes/configs/rlhf_tiny.yaml    # a reward model (RLHF)
-    ray job submit --working-dir . -- python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml
+    ray job submit --working-dir . -- python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml \
+        --model_path $PWD/runs/sft_tiny/model --run_dir $PWD/runs/ppo_tiny
 
 One step (the loop of rlpost/rl_loop.py, shared with GRPO; PPO's own part is `PPO.update`):
     prompts ──▶ RolloutWorker × R (vLLM) ──▶ RewardWorker × W (scores)
@@ -23,8 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from rlpost.cache import apply_cache_env
-from rlpost.config import ConfigError, load_recipe, parse_config, section
+from rlpost.config import load_recipe, section
 from rlpost.critic import CriticConfig
 from rlpost.ppo_steps import PPOAlgoConfig
 
@@ -110,16 +110,6 @@ def train(cfg: PPOConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from rlpost.reward_runner import RewardFunctionBroken
-    from rlpost.rl_loop import RunStopped
+    from rlpost.rl_loop import main
 
-    apply_cache_env()
-    try:
-        result = train(parse_config(PPOConfig))
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
-    except RewardFunctionBroken as error:  # raised in a reward worker; its message says it all
-        raise SystemExit(f"stopped: {getattr(error, 'cause', error)}") from None
-    except RunStopped as error:
-        raise SystemExit(f"stopped: {error}") from None
-    print(f"PPO finished after {result['steps']} steps; held-out accuracy: {result['eval']}")
+    main(PPOConfig, train, "PPO")

@@ -1,7 +1,8 @@
 """Stage 1: train the tokenizer and pretrain a base model with DeepSpeed.
 
     python recipes/pretrain.py --config recipes/configs/pretrain_tiny.yaml [--train.steps 600]
-    ray job submit --working-dir . -- python recipes/pretrain.py --config recipes/configs/pretrain_tiny.yaml
+    ray job submit --working-dir . -- python recipes/pretrain.py --config recipes/configs/pretrain_tiny.yaml \
+        --run_dir $PWD/runs/pretrain_tiny
 
 The embedded corpus is text rendered from the synthetic task world (rlpost/corpus.py); add
 your own with `--data.corpus '[notes.txt, docs.jsonl]'` (a .txt file of blank-line separated

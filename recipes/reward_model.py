@@ -1,7 +1,9 @@
 """Reward model from rankings: fit a scalar score to K-way human (or simulated) orderings.
 
     python recipes/reward_model.py --config recipes/configs/reward_model_tiny.yaml [--loss.type plackett_luce]
-    ray job submit --working-dir . -- python recipes/reward_model.py --config recipes/configs/reward_model_tiny.yaml
+    ray job submit --working-dir . -- python recipes/reward_model.py --config recipes/configs/reward_model_tiny.yaml \
+        --model_path $PWD/runs/sft_tiny/model --run_dir $PWD/runs/reward_model_tiny \
+        --data.files "[$PWD/runs/rankings/arithmetic_tiny.jsonl]"
 
 Reads rankings files (the native JSONL of `rlpost/rankings.py`, chosen/rejected pairs as TRL and
 OpenRLHF take them, or HH-RLHF transcripts), splits them by prompt into training and held-out

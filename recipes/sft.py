@@ -1,7 +1,8 @@
 """Stage 2: supervised fine-tuning on conversations, then held-out accuracy through vLLM.
 
     python recipes/sft.py --config recipes/configs/sft_tiny.yaml [--data.tasks.arithmetic 400]
-    ray job submit --working-dir . -- python recipes/sft.py --config recipes/configs/sft_tiny.yaml
+    ray job submit --working-dir . -- python recipes/sft.py --config recipes/configs/sft_tiny.yaml \
+        --model_path $PWD/runs/pretrain_tiny/model --run_dir $PWD/runs/sft_tiny
 
 Trains on a limited number of worked solutions per synthetic task (the textbook's worked
 examples; RL later draws answer-only practice problems from a separate split) plus any JSONL

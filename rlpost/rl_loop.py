@@ -145,6 +145,25 @@ def run(cfg, algorithm) -> dict:
         logger.close()
 
 
+def main(config_cls, train, name: str) -> None:
+    """An RL recipe's command line: the config from YAML and flags, the run, and the errors a user
+    acts on (a bad config, a broken reward function, a lost actor) as one line, not a traceback."""
+    from rlpost.cache import apply_cache_env
+    from rlpost.config import ConfigError, parse_config
+    from rlpost.reward_runner import RewardFunctionBroken
+
+    apply_cache_env()
+    try:
+        result = train(parse_config(config_cls))
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
+    except RewardFunctionBroken as error:  # raised in a reward worker; its message says it all
+        raise SystemExit(f"stopped: {getattr(error, 'cause', error)}") from None
+    except RunStopped as error:
+        raise SystemExit(f"stopped: {error}") from None
+    print(f"{name} finished after {result['steps']} steps; held-out accuracy: {result['eval']}")
+
+
 def _actor_name(actors, error) -> str:
     """Which of the run's actors a RayActorError is about, e.g. "learner rank 1"."""
     roles = [

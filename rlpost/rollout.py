@@ -127,7 +127,7 @@ class RolloutWorkerExtension:
             self._rlpost_group = None
 
     def _rlpost_reload(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
-        _quiet_rotary_reload_warning()
+        _quiet_reload_warnings()
         # Cast to the engine's dtype here (the learner's master weights are float32): vLLM would
         # convert too, but warns once per tensor on every sync.
         dtype = self.model_config.dtype
@@ -148,22 +148,24 @@ class RolloutWorkerExtension:
                 quant_method.process_weights_after_loading(lm_head)
 
 
-class _RotaryReloadFilter(logging.Filter):
-    """Drops vLLM's per-sync "RotaryEmbedding: Failed to load weights" warning.
+class _ReloadWarningFilter(logging.Filter):
+    """Drops vLLM's per-sync "Failed to load weights" warnings for layers that are never sent.
 
-    Rotary tables are computed, never loaded, so a reload always "fails" to load them and vLLM
-    puts the existing tables back, which is correct; the warning would only fill the logs.
+    Rotary tables are computed, not loaded: a reload always "fails" to load them and vLLM puts the
+    existing tables back, which is correct. A tied lm_head is the embedding's Parameter, sent
+    once under the embedding's name (and its prepacked copy rebuilt in `load_hf_weights`). The
+    warnings would only fill the logs, once per sync.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not (msg.startswith("RotaryEmbedding") and "Failed to load weights" in msg)
+        return not (msg.startswith(("RotaryEmbedding", "ParallelLMHead")) and "Failed to load weights" in msg)
 
 
-def _quiet_rotary_reload_warning() -> None:
+def _quiet_reload_warnings() -> None:
     log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-    if not any(isinstance(f, _RotaryReloadFilter) for f in log.filters):
-        log.addFilter(_RotaryReloadFilter())
+    if not any(isinstance(f, _ReloadWarningFilter) for f in log.filters):
+        log.addFilter(_ReloadWarningFilter())
 
 
 class RolloutWorker:

@@ -144,6 +144,22 @@ def train_on_random_tokens(actors, prompts) -> None:
     actors.learners.call("train", trajectories, 1.0)
 
 
+def assert_a_busy_engine_times_the_sync_out(actors) -> None:
+    """Rollout worker 0 is busy and never takes a sync: the driver gives up after sync.timeout_s
+    with an error naming the backend and the worker. (Actors left waiting in a broadcast are
+    ended by the caller's shutdown.)"""
+    import time
+
+    from rlpost.weight_sync import WeightSyncTimeout
+
+    actors.sync_timeout_s = 5
+    actors.rollouts[0].__ray_call__.remote(lambda _: time.sleep(120))
+    t0 = time.perf_counter()
+    with pytest.raises(WeightSyncTimeout, match=rf"\({actors.sync_backend}\).*rollout worker 0.*sync\.timeout_s"):
+        actors.sync_weights()
+    assert time.perf_counter() - t0 < 5 + 5
+
+
 def transformers_greedy(model_path, state, prompts, tokenizer, max_new_tokens: int = 24) -> list[list[int]]:
     """transformers' greedy completions of `prompts` with the weights `state` (fp32)."""
     import torch

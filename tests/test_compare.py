@@ -91,7 +91,9 @@ def test_user_problem_files_name_their_bad_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_tiny_models_compared_through_vllm_with_cache(sft_run, pretrained, ray_cluster, tmp_path, capsys):
+def test_two_tiny_models_compared_through_vllm_with_cache(
+    sft_run, pretrained, ray_cluster, tmp_path, capsys, monkeypatch
+):
     from rlpost.config import load_config
 
     args = ["--config", "recipes/configs/compare_tiny.yaml", "--run_dir", str(tmp_path),
@@ -113,8 +115,16 @@ def test_two_tiny_models_compared_through_vllm_with_cache(sft_run, pretrained, r
     # A second run with one more model answers only for the new one.
     capsys.readouterr()
     args[5] = f"{{sft: '{sft_run / 'model'}', base: '{pretrained / 'model'}', again: '{sft_run / 'model'}'}}"
+    monkeypatch.setattr(compare, "CHUNK_PROMPTS", 5)  # 12 problems: three engine calls, a bar step each
     again = compare.compare(load_config(compare.CompareConfig, args))
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "sft: every task cached" in out and "base: every task cached" in out and "again: answering" in out
-    # The same weights with the same seeds give the same greedy accuracy.
+    assert "arithmetic, 4 samples: 100%" in err and "12/12" in err
+    # The same weights give the same greedy answers, whether asked in one call or in chunks.
+    greedy = {
+        (r["model"], r["task"], r["problem"]): r["completion"]
+        for r in map(json.loads, (tmp_path / "records.jsonl").read_text().splitlines())
+        if r["sample"] == "greedy"
+    }
+    assert all(greedy["again", task, i] == greedy["sft", task, i] for _, task, i in greedy)
     assert again["per_model"]["again"]["arithmetic"]["greedy_accuracy"] == arithmetic["greedy_accuracy"]

@@ -1,7 +1,8 @@
 """Lost workers lose nothing, through the real actors. One run, three faults:
 
     run A (in this process)   step 1; step 2: rollout worker 0 killed mid-generate (restarted, its
-                              prompts sampled again), then learner rank 0 lost at the checkpoint
+                              prompts sampled again, the collective sync replaced by the object
+                              store's), then learner rank 0 lost at the checkpoint
                               → a RuntimeError that says to rerun with --resume
     run B (the recipe)        --resume: step 2 again from the step-1 checkpoint, then SIGKILL of
                               the whole process group during step 3
@@ -33,6 +34,9 @@ ARGS = [
     # fp32 on both sides: the learner's logprobs then match the engine's exactly, so a restarted
     # engine still on model_path's weights would show.
     *("--vllm.dtype", "float32", "--deepspeed.bf16", "false"),
+    # The broadcast group is formed at start; a restarted engine is outside it, so the run turns
+    # to the object store for the syncs after it (both paths run here).
+    *("--sync.backend", "collective"),
 ]
 
 # The tiny SFT model's answers all run past 32 tokens (math 0, length -1 for every sample): a
@@ -113,6 +117,7 @@ def run_a(sft_run, ray_cluster, tmp_path_factory, args):
 def test_a_rollout_worker_killed_mid_generate_is_restarted_and_its_prompts_sampled_again(run_a):
     run_dir, cfg, _, out, sampled, updates = run_a
     assert "warning: rollout worker 0 died during generate" in out
+    assert "weight syncs go through the object store from now on" in out
     # Both steps sampled their whole batch, from the prompts an undisturbed run uses.
     assert [(prompts, n) for prompts, n in sampled] == [
         (undisturbed_prompts(cfg, step), PROMPTS * cfg.rollout.n) for step in (1, 2)

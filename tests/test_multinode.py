@@ -8,6 +8,7 @@ import json
 
 import pytest
 from conftest import (
+    assert_a_busy_engine_times_the_sync_out,
     engine_greedy,
     grpo_config,
     load_recipe,
@@ -78,7 +79,8 @@ def test_a_role_asking_for_a_resource_no_node_has_is_refused(sft_run, three_node
 def test_roles_on_their_nodes_and_the_sync_reaches_the_other_node(sft_run, three_nodes, tmp_path):
     """Each role's actors run on its node; DeepSpeed's and the weight group's store were given the
     learner node's address; after an update and a collective sync from node 1 to node 2, vLLM's
-    greedy output equals transformers' on the learner's weights."""
+    greedy output equals transformers' on the learner's weights. A sync that the engine never
+    answers stops within sync.timeout_s, naming it."""
     from rlpost.cluster import RLActors
     from rlpost.tokenizer import load_tokenizer
 
@@ -93,6 +95,7 @@ def test_roles_on_their_nodes_and_the_sync_reaches_the_other_node(sft_run, three
         actors.sync_weights()
         after = engine_greedy(actors, prompts, tokenizer)
         state = actors.learners.call("state_dict")[0]
+        assert_a_busy_engine_times_the_sync_out(actors)
     finally:
         actors.shutdown()
 

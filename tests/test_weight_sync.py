@@ -111,3 +111,18 @@ def test_broadcast_refuses_weights_that_do_not_match_the_specs():
     sender = WeightGroup(0, 2, "gloo", torch.device("cpu"), comm=None, store=None)
     with pytest.raises(ValueError, match="do not match"):
         broadcast_weights(sender, {"w": torch.zeros(2)}, [("w", (3,), "bfloat16")])
+
+
+def test_reload_warnings_are_dropped_only_for_layers_that_are_never_sent():
+    import logging
+
+    from rlpost.rollout import _ReloadWarningFilter
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, msg, None, None)
+
+    keep = _ReloadWarningFilter().filter
+    assert not keep(record("RotaryEmbedding: Failed to load weights"))
+    assert not keep(record("ParallelLMHead: Failed to load weights"))  # tied: sent as the embedding
+    assert keep(record("QKVParallelLinear: Failed to load weights"))
+    assert keep(record("ParallelLMHead: Delayed processing"))
