@@ -188,11 +188,12 @@ def answer_problems(worker, tokenizer, task: str, problems: list, cfg: CompareCo
                 "tokens": len(sample.token_ids), "truncated": sample.finish_reason == "length",
                 "tool_calls": sample.tool_calls, "reward": float(ok), "correct": ok,
             })  # fmt: skip
-    records += budget_forced(worker, tokenizer, task, problems, ids, [g[0] for g in greedy], cfg)
+    greedy_correct = [r["correct"] for r in records if r["sample"] == "greedy"]  # in problem order
+    records += budget_forced(worker, tokenizer, task, problems, ids, [g[0] for g in greedy], greedy_correct, cfg)
     return records
 
 
-def budget_forced(worker, tokenizer, task, problems, ids, greedy, cfg: CompareConfig) -> list[dict]:
+def budget_forced(worker, tokenizer, task, problems, ids, greedy, greedy_correct, cfg: CompareConfig) -> list[dict]:
     """The greedy answer cut at each budget B and made to answer: its first B tokens, then
     `answer_prefix` (after "</think>" when a think block is still open), then up to 16 greedy
     tokens. An answer within the budget keeps its own result. One record per (problem, budget)."""
@@ -217,7 +218,7 @@ def budget_forced(worker, tokenizer, task, problems, ids, greedy, cfg: CompareCo
         for i, g in enumerate(greedy):
             records.append({"task": task, "problem": i, "sample": f"budget:{budget}", "budget": budget,
                             "tokens": min(len(g.token_ids), budget), "cut": i in correct,
-                            "correct": correct.get(i, None)})  # fmt: skip
+                            "correct": correct.get(i, greedy_correct[i])})  # fmt: skip
     return records
 
 

@@ -99,13 +99,15 @@ def test_two_tiny_models_compared_through_vllm_with_cache(
     args = ["--config", "recipes/configs/compare_tiny.yaml", "--run_dir", str(tmp_path),
             "--models", f"{{sft: '{sft_run / 'model'}', base: '{pretrained / 'model'}'}}",
             "--data.tasks", "{arithmetic: 12, spelling_bee: 6}", "--sampling.samples", "4",
-            "--sampling.max_new_tokens", "48", "--sampling.budgets", "[8, 16]"]  # fmt: skip
+            "--sampling.max_new_tokens", "48", "--sampling.budgets", "[8, 16, 64]"]  # fmt: skip
     results = compare.compare(load_config(compare.CompareConfig, args))
     assert results["models"] == ["sft", "base"] and results["tasks"] == ["arithmetic", "spelling_bee"]
     arithmetic = results["per_model"]["sft"]["arithmetic"]
     assert arithmetic["problems"] == 12 and set(arithmetic["pass@k"]) == {"1", "2", "4"}
     assert arithmetic["pass@k"]["1"] <= arithmetic["pass@k"]["4"]
-    assert set(arithmetic["budget_accuracy"]) == {"8", "16"}
+    # A budget above max_new_tokens cuts no answer: every answer keeps its own result.
+    assert set(arithmetic["budget_accuracy"]) == {"8", "16", "64"}
+    assert arithmetic["budget_accuracy"]["64"] == arithmetic["greedy_accuracy"]
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * (12 + 6) * (1 + 4)
     assert {r["model"] for r in records} == {"sft", "base"}

@@ -128,3 +128,4 @@ def test_completions_decode_without_control_tokens_but_with_thinking(tokenizer):
     text = "<think>3 + 4 = 7</think>The answer is 7."
     ids = tokenizer.encode(f"{PYTHON_START}print(1){PYTHON_END}{text}{ASSISTANT_END}", add_special_tokens=False)
     assert decode_completions(tokenizer, [ids]) == ["print(1)" + text]
+    assert decode_completions(tokenizer, []) == []  # no completion, no text (batch_decode says [""])
