@@ -6,10 +6,10 @@ new weights are handed to the model as tensors with no serialisation. It runs as
 (`rlpost.cluster.start_rollout_workers`) so the engine owns its process: vLLM replaces
 ``torch.set_num_threads`` there and sets up its own ``torch.distributed`` world.
 
-Weights arrive either as buckets in Ray's object store, put there by the learner's rank 0 and
-read by their refs (`update_weights`), or by a broadcast from the learner's rank 0 over a private process group
-(`init_weight_group` + `receive_weights`; the sender side is `rlpost.weight_sync`). Either way
-the methods that touch the model run inside vLLM's worker through `RolloutWorkerExtension`.
+Weights arrive either as buckets that the learner's rank 0 put into Ray's object store, read by
+their refs (`update_weights`), or by a broadcast from the learner's rank 0 over a private process
+group (`init_weight_group` + `receive_weights`; the sender side is `rlpost.weight_sync`). Either
+way the methods that touch the model run inside vLLM's worker through `RolloutWorkerExtension`.
 
 vLLM is imported only inside `RolloutWorker`, because its environment variables must be set
 before the first import.
@@ -153,7 +153,7 @@ class _ReloadWarningFilter(logging.Filter):
 
     Rotary tables are computed, not loaded: a reload always "fails" to load them and vLLM puts the
     existing tables back, which is correct. A tied lm_head is the embedding's Parameter, sent
-    once under the embedding's name (and its prepacked copy rebuilt in `load_hf_weights`). The
+    once under the embedding's name (and its prepacked copy rebuilt in `_rlpost_reload`). The
     warnings would only fill the logs, once per sync.
     """
 
