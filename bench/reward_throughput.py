@@ -143,7 +143,7 @@ def main() -> None:
     print("RewardRunner:", metrics["reward_runner_1_process"])
 
     ray_temp_dir = tempfile.mkdtemp(prefix="rlpost-bench-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir)
     try:
         for worker_count in (1, 2):
             key = f"ray_workers_{worker_count}"

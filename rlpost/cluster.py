@@ -48,7 +48,10 @@ def init_ray(num_cpus: int | None = None, run_log: str | Path | None = None) -> 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env, log_to_driver=True)
     else:
+        # address="local": a new cluster even while another runs on this machine (another run,
+        # a `ray start` head), which ray.init would otherwise join, refusing num_cpus.
         ray.init(
+            address="local",
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             runtime_env=runtime_env,

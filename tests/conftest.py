@@ -238,6 +238,7 @@ def ray_cluster():
 
     temp_dir = tempfile.mkdtemp(prefix="rlpost-ray-", dir="/tmp")
     ray.init(
+        address="local",  # never join another cluster running on this machine
         num_cpus=os.cpu_count(),
         include_dashboard=False,
         _temp_dir=temp_dir,

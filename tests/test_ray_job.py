@@ -157,3 +157,16 @@ def test_relative_paths_in_a_job_copy_are_refused_with_a_hint(tmp_path, monkeypa
         save_config(OptimConfig(), "runs/grpo_job/config.yaml")
     save_config(OptimConfig(), tmp_path / "grpo_job" / "config.yaml")  # an absolute run folder is fine
     assert (tmp_path / "grpo_job" / "config.yaml").exists()
+
+
+def test_a_recipe_starts_its_own_cluster_while_another_runs_on_the_machine(ray_head):
+    """Without RAY_ADDRESS a recipe gets a private cluster, even while a `ray start` head (or
+    another run) is up on this machine: ray.init alone would join that one and refuse num_cpus."""
+    _, env = ray_head
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    code = (
+        "import ray; from rlpost.cluster import init_ray; init_ray(num_cpus=1); print(ray.cluster_resources()['CPU'])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "1.0"  # its own one-CPU cluster, not the head's two CPUs

@@ -404,7 +404,7 @@ def test_a_bad_verifier_reference_fails_at_start():
 def local_ray():
     ray = pytest.importorskip("ray")
     temp_dir = tempfile.mkdtemp(prefix="rlpost-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     try:
         yield ray
     finally:
