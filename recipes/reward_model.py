@@ -149,6 +149,7 @@ def train(cfg: RewardModelConfig) -> dict:
     from rlpost.reward_model import (
         CARD,
         SCORE_RULE,
+        RewardScorer,
         freeze_below,
         keep_bottom_layers,
         render,
@@ -243,12 +244,16 @@ def train(cfg: RewardModelConfig) -> dict:
             break
 
     # The card: normalisation over the training responses (the policy's own samples when they
-    # came from the ranking page), the rule, the data, and the held-out metrics.
+    # came from the ranking page), the rule, the data, and the held-out metrics. Both come from
+    # the saved model as RewardScorer reads it (fp32): a module trained in bf16 scores about 1 %
+    # differently, which would shift every normalised reward.
+    trainer.save_hf(run_dir / "model", tokenizer)
+    saved = RewardScorer(run_dir / "model").model
     sample = random.Random(cfg.data.seed).sample(
         [ids for seqs in rendered for ids in seqs], min(cfg.train.normalization_samples, sum(map(len, rendered)))
     )
-    norm_scores = score_all(module, sample, pad, cfg.train.score_batch_size)
-    metrics = held_out_metrics(module, tokenizer, eval_set, cfg, pad)
+    norm_scores = score_all(saved, sample, pad, cfg.train.score_batch_size)
+    metrics = held_out_metrics(saved, tokenizer, eval_set, cfg, pad)
     card = {
         "score_rule": SCORE_RULE,
         "max_tokens": cfg.data.max_tokens,
@@ -273,7 +278,6 @@ def train(cfg: RewardModelConfig) -> dict:
             "source": "responses in the training rankings",
         },
     }
-    trainer.save_hf(run_dir / "model", tokenizer)
     write_json(run_dir / "model" / CARD, card)
     write_json(run_dir / "eval.json", card["held_out"])
     logger.log(step, {f"final/{k}": v["mean"] for k, v in metrics.items() if isinstance(v, dict)})
