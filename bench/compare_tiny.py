@@ -1,19 +1,20 @@
 """Thinking vs SFT on the tiny model: five models side by side on 1,000 held-out arithmetic problems.
 
-    .venv/bin/python bench/compare_tiny.py     (after `make quickstart` and bench/grpo_tiny.py)
+    .venv/bin/python bench/compare_tiny.py     (after `make quickstart` has written runs/pretrain_tiny/model)
 
 The models, all from the same base model (runs/pretrain_tiny/model) and the same 400 worked
-arithmetic solutions (plus the other tasks' SFT data), trained for the same 900 SFT steps:
-  sft            worked solutions: the steps, then "The answer is X."  (runs/sft_tiny/model)
+arithmetic solutions (plus the other tasks' SFT data), each trained here for the same 900 SFT
+steps and, for the RL models, the same 69 GRPO steps (what bench/grpo_tiny.py's 10 minutes gave
+on an AVX2-only CPU; bounded by steps, not minutes, so a loaded box cannot shorten a run):
+  sft            worked solutions: the steps, then "The answer is X."
   answer_first   the same solutions with the answer first and the steps after it
-  grpo           10 minutes of GRPO from `sft` (bench/grpo_tiny.py's run)
+  grpo           GRPO from `sft` with recipes/configs/grpo_tiny.yaml (the math reward)
   think_sft      the steps inside <think>…</think>, then a one-line answer
-  think_grpo     GRPO from `think_sft` for as many steps as `grpo` took (its 10 minutes), with the
-                 math reward and the format reward (a closed think block and the answer phrase,
-                 weight 0.2); bounded by steps, not minutes, so both RL models get equal updates
+  think_grpo     GRPO from `think_sft` with the math reward and the format reward (a closed think
+                 block and the answer phrase, weight 0.2)
 Then recipes/compare.py on 1,000 held-out problems, 16 samples each (temperature 1), budget
-forcing at 8 … 128 tokens. Writes bench/results/compare_tiny.json and the report in
-runs/bench_compare/.
+forcing at 8 … 128 tokens. Models and answers already in runs/bench_compare/ are reused. Writes
+bench/results/compare_tiny.json and the report in runs/bench_compare/report/.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE, SFT, GRPO = ROOT / "runs/pretrain_tiny/model", ROOT / "runs/sft_tiny/model", ROOT / "runs/bench_grpo/model"
+BASE = ROOT / "runs/pretrain_tiny/model"
 RUN = ROOT / "runs/bench_compare"
+SFT_STEPS, GRPO_STEPS = 900, 69
 
 
 def run(args: list[str]) -> None:
@@ -38,8 +40,16 @@ def sft(name: str, solution_format: str) -> Path:
     run_dir = RUN / name
     if not (run_dir / "model").exists():
         run(["recipes/sft.py", "--config", "recipes/configs/sft_tiny.yaml", "--model_path", str(BASE),
-             "--run_dir", str(run_dir), "--data.solution_format", solution_format, "--train.steps", "900",
-             "--train.checkpoint_every", "900", "--sampled_eval_tasks", "[]"])  # fmt: skip
+             "--run_dir", str(run_dir), "--data.solution_format", solution_format, "--train.steps", str(SFT_STEPS),
+             "--train.checkpoint_every", str(SFT_STEPS), "--sampled_eval_tasks", "[]"])  # fmt: skip
+    return run_dir / "model"
+
+
+def grpo(name: str, model: Path, extra: list[str]) -> Path:
+    run_dir = RUN / name
+    if not (run_dir / "model").exists():
+        run(["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(model),
+             "--run_dir", str(run_dir), "--steps", str(GRPO_STEPS), "--max_minutes", "0", *extra])  # fmt: skip
     return run_dir / "model"
 
 
@@ -48,20 +58,14 @@ def main() -> None:
     from rlpost.metrics import write_bench_result
 
     apply_cache_env()
-    for path in (BASE, SFT, GRPO):
-        if not path.exists():
-            raise SystemExit(f"{path} is missing: run `make quickstart` and bench/grpo_tiny.py first")
+    if not BASE.exists():
+        raise SystemExit(f"{BASE} is missing: run `make quickstart` first")
     start = time.time()
-    models = {"sft": SFT, "answer_first": sft("answer_first", "answer_first"), "grpo": GRPO}
+    models = {"sft": sft("sft", "worked"), "answer_first": sft("answer_first", "answer_first")}
+    models["grpo"] = grpo("grpo", models["sft"], [])
     models["think_sft"] = sft("think_sft", "think")
-    think_grpo = RUN / "think_grpo"
-    if not (think_grpo / "model").exists():
-        rewards = "[{name: math}, {name: format, weight: 0.2, kwargs: {require_think: true}}]"
-        grpo_steps = json.loads((GRPO.parent / "metrics.jsonl").read_text().splitlines()[-1])["step"]
-        run(["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(models["think_sft"]),
-             "--run_dir", str(think_grpo), "--rewards.functions", rewards, "--steps", str(grpo_steps),
-             "--max_minutes", "0"])  # fmt: skip
-    models["think_grpo"] = think_grpo / "model"
+    rewards = "[{name: math}, {name: format, weight: 0.2, kwargs: {require_think: true}}]"
+    models["think_grpo"] = grpo("think_grpo", models["think_sft"], ["--rewards.functions", rewards])
     spec = "{" + ", ".join(f"{name}: '{path}'" for name, path in models.items()) + "}"
     run(["recipes/compare.py", "--config", "recipes/configs/compare_tiny.yaml", "--run_dir", str(RUN / "report"),
          "--models", spec, "--data.tasks", "{arithmetic: 1000}", "--sampling.samples", "16",
