@@ -98,11 +98,11 @@ def load_tokenizer(path: str | Path):
 def decode_completions(tokenizer, token_ids: list[list[int]]) -> list[str]:
     """Completion texts without control tokens (turn ends, tool markers, padding) but with any
     <think> / </think> kept: rewards and reports must see a thinking block."""
+    if not token_ids:  # batch_decode([]) gives [""], one text for no completion
+        return []
     keep = {i for i in tokenizer.convert_tokens_to_ids([THINK_START, THINK_END]) if i is not None}
     keep = {i for i in keep if tokenizer.convert_ids_to_tokens(i) in (THINK_START, THINK_END)}
     drop = set(tokenizer.all_special_ids) - keep
-    if not token_ids:  # batch_decode([]) gives [""], one text for no completion
-        return []
     return tokenizer.batch_decode([[i for i in ids if i not in drop] for ids in token_ids])
 
 
