@@ -36,7 +36,7 @@ def run(args: list[str]) -> float:
 
 def main() -> None:
     from rlpost.cache import apply_cache_env
-    from rlpost.cluster import init_ray
+    from rlpost.distributed.cluster import init_ray
     from rlpost.evaluate import EvalConfig, evaluate_models
     from rlpost.metrics import read_metrics, write_bench_result
     from rlpost.tasks import EVAL_POOL, make_problems

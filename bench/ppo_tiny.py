@@ -44,7 +44,7 @@ def phase_medians(run_dir: Path) -> tuple[int, float, dict]:
 
 def main() -> None:
     from rlpost.cache import apply_cache_env
-    from rlpost.cluster import init_ray
+    from rlpost.distributed.cluster import init_ray
     from rlpost.evaluate import EvalConfig, evaluate_models
     from rlpost.metrics import write_bench_result
     from rlpost.tasks import EVAL_POOL, make_problems

@@ -3,8 +3,8 @@
     .venv/bin/python bench/reward_model_tiny.py      (after `make quickstart` has written runs/sft_tiny/model)
 
 1. The tiny SFT model answers 1,200 arithmetic practice problems 5 times each (temperature 1,
-   through a vLLM rollout worker: `rlpost.candidates.sample_candidates`).
-2. The SIMULATED labeler (`rlpost.simulated_labeler`, recorded as "simulated:arithmetic_preference")
+   through a vLLM rollout worker: `rlpost.rlhf.candidates.sample_candidates`).
+2. The SIMULATED labeler (`rlpost.rlhf.simulated_labeler`, recorded as "simulated:arithmetic_preference")
    orders each prompt's 5 answers by a hidden preference: correct first, then fewer false
    arithmetic steps, then a stated unit, then shorter. The reward models see only the rankings.
 3. 200 prompts are held out; reward models are trained on the first 100 / 300 / 1,000 of the
@@ -34,10 +34,10 @@ STEPS, BATCH = 100, 16  # the same number of updates for every reward model
 
 def main() -> None:
     from rlpost.cache import apply_cache_env
-    from rlpost.candidates import load_prompts, sample_candidates
     from rlpost.config import load_config, load_recipe
     from rlpost.metrics import write_bench_result
-    from rlpost.simulated_labeler import LABELER, label, preference_key
+    from rlpost.rlhf.candidates import load_prompts, sample_candidates
+    from rlpost.rlhf.simulated_labeler import LABELER, label, preference_key
 
     apply_cache_env()
     t_start = time.time()

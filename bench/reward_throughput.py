@@ -33,8 +33,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from rewards.math import math_reward  # noqa: E402
-from rlpost.reward_refs import RewardSpec  # noqa: E402
-from rlpost.reward_runner import RewardRunner, RewardWorker  # noqa: E402
+from rlpost.scoring.references import RewardSpec
+from rlpost.scoring.runner import RewardRunner, RewardWorker
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl.gz"
 BATCH_SIZE = 256

@@ -4,7 +4,7 @@
     .venv/bin/python bench/rlhf_tiny.py hacking     hacking  → bench/results/reward_hacking_tiny.json
     (after `make quickstart` has written runs/sft_tiny/model)
 
-No person ranks anything here: the SIMULATED labeler (`rlpost.simulated_labeler`, recorded as
+No person ranks anything here: the SIMULATED labeler (`rlpost.rlhf.simulated_labeler`, recorded as
 "simulated:arithmetic_preference") orders answers by a hidden preference (correct, then fewer
 false arithmetic steps, then a stated unit, then shorter). Reward models see only its rankings;
 the hidden preference itself judges the results.
@@ -39,14 +39,14 @@ SFT_MODEL = ROOT / "runs/sft_tiny/model"
 RUN = ROOT / "runs/bench_rlhf"
 CANDIDATES = ROOT / "runs/bench_reward_model_tiny/candidates.jsonl"  # shared with bench/reward_model_tiny.py
 PROMPTS, HELD_OUT, K, EVAL_PROBLEMS = 1200, 200, 5, 500
-HIDDEN = "rlpost.simulated_labeler:hidden_preference_reward"
+HIDDEN = "rlpost.rlhf.simulated_labeler:hidden_preference_reward"
 HIDDEN_KEY = "reward/hidden_preference_reward"
 
 
 def rankings() -> Path:
     """The SFT model's answers ranked by the simulated labeler (sampling cached)."""
-    from rlpost.candidates import load_prompts, sample_candidates
-    from rlpost.simulated_labeler import label
+    from rlpost.rlhf.candidates import load_prompts, sample_candidates
+    from rlpost.rlhf.simulated_labeler import label
 
     candidates = sample_candidates(
         str(SFT_MODEL), load_prompts({"arithmetic": PROMPTS}), K, CANDIDATES, max_new_tokens=128
@@ -60,7 +60,7 @@ def rankings() -> Path:
 def reward_model(name: str, ranked: Path, prompts: int, epochs: float, seed: int = 0) -> tuple[Path, dict]:
     """A Plackett–Luce reward model on `prompts` ranked prompts (kept when already trained)."""
     from rlpost.config import load_config, load_recipe
-    from rlpost.reward_model import read_card
+    from rlpost.rlhf.reward_model import read_card
 
     run_dir = RUN / name
     if not (run_dir / "model").exists():
@@ -102,10 +102,10 @@ def series(steps: list[dict], key: str) -> list[float | None]:
 
 
 def pipeline() -> dict:
-    from rlpost.cluster import init_ray
+    from rlpost.distributed.cluster import init_ray
     from rlpost.evaluate import EvalConfig, evaluate_models
-    from rlpost.reward_model import RewardScorer
-    from rlpost.simulated_labeler import hidden_score, hidden_win_rate
+    from rlpost.rlhf.reward_model import RewardScorer
+    from rlpost.rlhf.simulated_labeler import hidden_score, hidden_win_rate
     from rlpost.tasks import make_problems
 
     rm, rm_metrics = reward_model("reward_model", rankings(), 1000, epochs=2)

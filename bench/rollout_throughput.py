@@ -126,8 +126,8 @@ def run_hf(args, prompts, queue) -> None:
 def run_vllm(args, prompts, mode, queue) -> None:
     import torch
 
-    from rlpost.rollout import RolloutWorker
-    from rlpost.weight_sync import broadcast_weights, create_weight_group, free_port, weight_specs
+    from rlpost.distributed.rollout import RolloutWorker
+    from rlpost.distributed.weight_sync import broadcast_weights, create_weight_group, free_port, weight_specs
 
     t0 = time.perf_counter()
     worker = RolloutWorker(
@@ -226,8 +226,8 @@ def main() -> None:
     args = parser.parse_args()
 
     wall0 = time.perf_counter()
+    from rlpost.distributed.engine import rollout_env
     from rlpost.metrics import write_bench_result
-    from rlpost.rollout import rollout_env
 
     for key, value in rollout_env(args.kv_cache_gib).items():
         os.environ.setdefault(key, value)  # inherited by the spawned contestants

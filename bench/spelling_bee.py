@@ -30,12 +30,13 @@ def main() -> None:
     import ray
 
     from rlpost.cache import apply_cache_env
-    from rlpost.cluster import VLLMConfig, init_ray, start_rollout_workers
+    from rlpost.distributed.cluster import init_ray
+    from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
+    from rlpost.distributed.tools import ToolConfig
     from rlpost.evaluate import EvalConfig, evaluate
     from rlpost.metrics import read_metrics, write_bench_result
     from rlpost.tasks import make_problems
     from rlpost.tokenizer import load_tokenizer
-    from rlpost.tools import ToolConfig
 
     apply_cache_env()
     if not SFT_MODEL.exists():

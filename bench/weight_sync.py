@@ -90,8 +90,8 @@ def syncs_alone(model_path: Path, extra: list[str]) -> dict:
     """Seconds of every sync path over REPS interleaved rounds, with one set of actors."""
     import ray
 
-    from rlpost.cluster import RLActors
-    from rlpost.weight_sync import to_dtype
+    from rlpost.distributed.weight_sync import to_dtype
+    from rlpost.rl.actors import RLActors
 
     cfg = grpo_config(model_path, RUN_ROOT / "syncs_alone", ["--sync.backend", "collective", *extra])
     actors = RLActors(cfg, total_steps=1, verifiers={"arithmetic": "math"})
@@ -169,7 +169,7 @@ def grpo_steps(model_path: Path, name: str, backend: str, extra: list[str]) -> d
 
 def main() -> None:
     from rlpost.cache import apply_cache_env
-    from rlpost.cluster import init_ray
+    from rlpost.distributed.cluster import init_ray
     from rlpost.metrics import write_bench_result
     from rlpost.smollm2 import smollm2_folder
 

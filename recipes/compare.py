@@ -10,14 +10,14 @@ one greedy answer and `sampling.samples` sampled ones per problem (prompt i seed
 then the greedy answer cut at each token budget and made to answer ("The answer is", after
 closing an open <think> block: s1's budget forcing). Each task's verifier scores every answer.
 
-Per model and task (rlpost/compare_stats.py): greedy accuracy; pass@1 with a 95 % interval;
+Per model and task (rlpost/compare/stats.py): greedy accuracy; pass@1 with a 95 % interval;
 unbiased pass@k and maj@k for k = 1, 2, 4 … n; lengths of right and wrong answers (thinking and
 answer tokens apart for <think> models); truncation; reflection phrases per 1,000 tokens; tool
 calls per answer; accuracy against the token budget. Per pair of models: solved by both / only
 A / only B / neither, McNemar's exact test on the greedy answers, a paired bootstrap on pass@1.
 
 Writes <run_dir>/records.jsonl (every answer), results.json, and the report
-(rlpost/compare_report.py: report.md, report.html, PNG plots). Each (model, task, setting) is
+(rlpost/compare/report.py: report.md, report.html, PNG plots). Each (model, task, setting) is
 cached in <run_dir>/cache, so adding a model does not re-run the others.
 """
 
@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlpost.cache import apply_cache_env
-from rlpost.cluster import VLLMConfig
 from rlpost.config import ConfigError, doc, parse_config, section
-from rlpost.tools import ToolConfig
+from rlpost.distributed.engine import VLLMConfig
+from rlpost.distributed.tools import ToolConfig
 
 # Prompts per engine call: each call is a step of the progress bar.
 CHUNK_PROMPTS = 100
@@ -224,7 +224,7 @@ def budget_forced(worker, tokenizer, task, problems, ids, greedy, greedy_correct
 
 def model_records(name: str, path: str, problems: dict[str, list], cfg: CompareConfig) -> list[dict]:
     """Every record of one model, from the cache or from a rollout worker started on it."""
-    from rlpost.cluster import start_rollout_workers
+    from rlpost.distributed.engine import start_rollout_workers
     from rlpost.tokenizer import load_tokenizer
 
     cache = Path(cfg.run_dir) / "cache" / name
@@ -258,7 +258,7 @@ def summarize(records: list[dict], cfg: CompareConfig) -> dict:
     """One model's metrics on one task from its records (see the module docstring)."""
     from statistics import fmean
 
-    from rlpost.compare_stats import maj_at_k, mean_ci95, pass_at_k_curve
+    from rlpost.compare.stats import maj_at_k, mean_ci95, pass_at_k_curve
 
     n = cfg.sampling.samples
     greedy = {r["problem"]: r for r in records if r["sample"] == "greedy"}
@@ -300,7 +300,7 @@ def summarize(records: list[dict], cfg: CompareConfig) -> dict:
 def compare_pair(a: list[dict], b: list[dict], n: int) -> dict:
     """Two models' records on one task: the 2x2 table of greedy correctness with McNemar's
     exact test, and a paired bootstrap on per-problem pass@1."""
-    from rlpost.compare_stats import mcnemar, paired_bootstrap
+    from rlpost.compare.stats import mcnemar, paired_bootstrap
 
     def per_problem(records):
         greedy = {r["problem"]: bool(r["correct"]) for r in records if r["sample"] == "greedy"}
@@ -324,9 +324,9 @@ def compare(cfg: CompareConfig) -> dict:
     """Answer, measure, compare and report; returns results.json's content."""
     from itertools import combinations
 
-    from rlpost.cluster import init_ray
-    from rlpost.compare_report import write_report
+    from rlpost.compare.report import write_report
     from rlpost.config import check_path, save_config
+    from rlpost.distributed.cluster import init_ray
 
     for name, path in cfg.models.items():
         check_path(f"models.{name}", path)

@@ -4,12 +4,12 @@
     ray job submit --working-dir . -- python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml \
         --model_path $PWD/runs/sft_tiny/model --run_dir $PWD/runs/grpo_tiny
 
-One step (the loop of rlpost/rl_loop.py, shared with PPO; GRPO's own part is `GRPO.update`):
+One step (the loop of rlpost/rl/loop.py, shared with PPO; GRPO's own part is `GRPO.update`):
     prompts ──▶ RolloutWorker × R (vLLM) ──▶ RewardWorker × W ──▶ group advantages per token
         ──▶ Learner ranks (DeepSpeed, PPO-clip) ──▶ weight sync to every engine ──▶ metrics
 with a held-out evaluation every `eval_every` steps and at the end, and an atomic checkpoint
 every `checkpoint_every` steps (`--resume` continues from the latest one). The reward-hacking
-monitor (rlpost/hacking_monitor.py) reads every step and may end the run early. Metrics go to
+monitor (rlpost/rl/monitor.py) reads every step and may end the run early. Metrics go to
 `<run_dir>/metrics.jsonl` (and wandb, offline by default), the actors' own output to
 `<run_dir>/actors.log`; the final policy is an HF folder in `<run_dir>/model`.
 """
@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlpost.cluster import SyncConfig, VLLMConfig
 from rlpost.config import ConfigError, doc, section
+from rlpost.distributed.engine import VLLMConfig
+from rlpost.distributed.placement import PlacementConfig
+from rlpost.distributed.tools import ToolConfig
 from rlpost.evaluate import EvalConfig
-from rlpost.hacking_monitor import MonitorConfig
-from rlpost.learner import PolicyLossConfig
 from rlpost.metrics import LoggingConfig
-from rlpost.placement import PlacementConfig
-from rlpost.rl_steps import AlgoConfig, RewardsConfig, RLData, RolloutConfig
-from rlpost.tools import ToolConfig
+from rlpost.rl.actors import SyncConfig
+from rlpost.rl.learner import PolicyLossConfig
+from rlpost.rl.monitor import MonitorConfig
+from rlpost.rl.steps import AlgoConfig, RewardsConfig, RLData, RolloutConfig
 from rlpost.trainer import DeepSpeedConfig, OptimConfig
 
 
@@ -78,8 +79,8 @@ class GRPO:
         self.cfg = cfg
 
     def update(self, actors, groups, step: int) -> tuple[dict, bool]:
-        from rlpost.cluster import mean_over_ranks
-        from rlpost.rl_steps import build_trajectories
+        from rlpost.distributed.cluster import mean_over_ranks
+        from rlpost.rl.steps import build_trajectories
 
         cfg, metrics = self.cfg, {}
         trajectories, metrics["groups_trained"] = build_trajectories(groups, cfg.algo, cfg.rollout)
@@ -98,12 +99,12 @@ class GRPO:
 
 
 def train(cfg: GRPOConfig) -> dict:
-    from rlpost.rl_loop import run
+    from rlpost.rl.loop import run
 
     return run(cfg, GRPO(cfg))
 
 
 if __name__ == "__main__":
-    from rlpost.rl_loop import main
+    from rlpost.rl.loop import main
 
     main(GRPOConfig, train, "GRPO")

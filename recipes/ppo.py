@@ -6,7 +6,7 @@ against a verifiable reward or a learned reward model, distributed over Ray acto
     ray job submit --working-dir . -- python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml \
         --model_path $PWD/runs/sft_tiny/model --run_dir $PWD/runs/ppo_tiny
 
-One step (the loop of rlpost/rl_loop.py, shared with GRPO; PPO's own part is `PPO.update`):
+One step (the loop of rlpost/rl/loop.py, shared with GRPO; PPO's own part is `PPO.update`):
     prompts ──▶ RolloutWorker × R (vLLM) ──▶ RewardWorker × W (scores)
         ──▶ Learner ranks: logprobs of the policy and the frozen reference
         ──▶ Critic ranks: a value per completion token
@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 
 from rlpost.config import load_recipe, section
-from rlpost.critic import CriticConfig
-from rlpost.ppo_steps import PPOAlgoConfig
+from rlpost.rl.critic import CriticConfig
+from rlpost.rl.ppo_steps import PPOAlgoConfig
 
 GRPOConfig = load_recipe("grpo").GRPOConfig
 
@@ -48,9 +48,9 @@ class PPO:
         self.kl_coef = cfg.algo.kl_coef
 
     def update(self, actors, groups, step: int) -> tuple[dict, bool]:
-        from rlpost.cluster import mean_over_ranks
-        from rlpost.learner import Trajectory, unshard
-        from rlpost.ppo_steps import next_kl_coef, ppo_scores, ppo_targets
+        from rlpost.distributed.cluster import mean_over_ranks
+        from rlpost.rl.learner import Trajectory, unshard
+        from rlpost.rl.ppo_steps import next_kl_coef, ppo_scores, ppo_targets
 
         cfg, n = self.cfg, self.cfg.rollout.n
         keep = [i for i, r in enumerate(groups.rewards) if r == r]  # samples no reward function scored: NaN
@@ -100,8 +100,8 @@ class PPO:
 
 def train(cfg: PPOConfig) -> dict:
     from rlpost.config import check_path
-    from rlpost.critic import check_critic_tokenizer
-    from rlpost.rl_loop import run
+    from rlpost.rl.critic import check_critic_tokenizer
+    from rlpost.rl.loop import run
 
     if cfg.critic.init == "reward_model":
         check_path("critic.path", cfg.critic.path)
@@ -110,6 +110,6 @@ def train(cfg: PPOConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from rlpost.rl_loop import main
+    from rlpost.rl.loop import main
 
     main(PPOConfig, train, "PPO")

@@ -5,9 +5,9 @@
         --model_path $PWD/runs/sft_tiny/model --run_dir $PWD/runs/reward_model_tiny \
         --data.files "[$PWD/runs/rankings/arithmetic_tiny.jsonl]"
 
-Reads rankings files (the native JSONL of `rlpost/rankings.py`, chosen/rejected pairs as TRL and
+Reads rankings files (the native JSONL of `rlpost/rlhf/rankings.py`, chosen/rejected pairs as TRL and
 OpenRLHF take them, or HH-RLHF transcripts), splits them by prompt into training and held-out
-prompts, and trains a causal LM backbone with a new scalar head (`rlpost/reward_model.py`) on
+prompts, and trains a causal LM backbone with a new scalar head (`rlpost/rlhf/reward_model.py`) on
 the DeepSpeed engine. One step takes `batch_size` rankings, scores all their responses in one
 forward pass and applies the ranking loss (`loss.type`: all pairs, Plackett–Luce, or only the
 best-vs-worst pair) to each ranking. `--resume` continues from the latest checkpoint.
@@ -15,7 +15,7 @@ best-vs-worst pair) to each ranking. `--resume` continues from the latest checkp
 At the end `<run_dir>/model` is an HF folder that `AutoModelForSequenceClassification` loads,
 with `reward_card.json`: the scoring rule, the data, the held-out metrics, and the mean/std of
 the scores of the responses in the training rankings (the policy's own samples when they were
-collected with `python -m rlpost.label`), which `reward_model`'s `normalize` uses in RL.
+collected with `python -m rlpost.rlhf.label_server`), which `reward_model`'s `normalize` uses in RL.
 `<run_dir>/eval.json` holds the held-out metrics beside the "longer wins" / "shorter wins"
 baselines on the same prompts, with 95 % bootstrap intervals.
 """
@@ -120,8 +120,8 @@ def prompts(rankings) -> int:
 
 
 def held_out_metrics(model, tokenizer, rankings, cfg: RewardModelConfig, pad: int) -> dict:
-    from rlpost.ranking_metrics import ranking_metrics
-    from rlpost.reward_model import render, score_all
+    from rlpost.rlhf.ranking_metrics import ranking_metrics
+    from rlpost.rlhf.reward_model import render, score_all
 
     sequences = [render(tokenizer, r.prompt, resp, cfg.data.max_tokens) for r in rankings for resp in r.responses]
     flat = score_all(model, sequences, pad, cfg.train.score_batch_size)
@@ -145,8 +145,8 @@ def train(cfg: RewardModelConfig) -> dict:
 
     from rlpost.config import check_path, save_config, to_dict
     from rlpost.metrics import MetricsLogger, write_json
-    from rlpost.rankings import load_rankings, split_by_prompt
-    from rlpost.reward_model import (
+    from rlpost.rlhf.rankings import load_rankings, split_by_prompt
+    from rlpost.rlhf.reward_model import (
         CARD,
         SCORE_RULE,
         RewardScorer,
@@ -296,7 +296,7 @@ def format_metrics(held_out: dict) -> str:
 
 
 if __name__ == "__main__":
-    from rlpost.rankings import RankingError
+    from rlpost.rlhf.rankings import RankingError
 
     apply_cache_env()
     try:

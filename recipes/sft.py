@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlpost.cache import apply_cache_env
-from rlpost.cluster import VLLMConfig
 from rlpost.config import ConfigError, doc, parse_config, save_config, section
+from rlpost.distributed.engine import VLLMConfig
+from rlpost.distributed.tools import ToolConfig
 from rlpost.evaluate import EvalConfig
 from rlpost.metrics import LoggingConfig
-from rlpost.tools import ToolConfig
 from rlpost.trainer import DeepSpeedConfig, OptimConfig
 
 
@@ -109,8 +109,9 @@ def main(cfg: SFTConfig) -> dict:
 
     import ray
 
-    from rlpost.cluster import init_ray, start_rollout_workers
     from rlpost.config import check_path
+    from rlpost.distributed.cluster import init_ray
+    from rlpost.distributed.engine import start_rollout_workers
     from rlpost.evaluate import evaluate, format_table
     from rlpost.metrics import MetricsLogger, read_metrics, write_json
     from rlpost.tokenizer import load_tokenizer

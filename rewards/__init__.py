@@ -4,7 +4,7 @@ Every reward is a batched function
 ``fn(prompts, completions, **columns) -> list[float | None]`` (see
 `rewards.base`). A reward spec refers to a built-in by its registry name
 ("math"), or to any other function as "package.module:function" or
-"path/to/file.py:function" (see `rlpost.reward_refs`).
+"path/to/file.py:function" (see `rlpost.scoring.references`).
 
 `BUILTIN_REFERENCES` maps each name to where its function lives, so a process
 that runs one reward imports only that reward's module (math-verify and sympy

@@ -19,7 +19,7 @@ numbers: "50%" matches gold 50 or "50\\%" but not gold 0.5.
 Thread safety and time: math-verify's own timeouts use ``signal.alarm``, which
 fails outside a main thread, so they are switched off here
 (``parsing_timeout=None``, ``timeout_seconds=None``); the reward process
-(`rlpost.reward_process`) enforces time by killing it. Answers that can make
+(`rlpost.scoring.process`) enforces time by killing it. Answers that can make
 sympy run for ever (power towers such as ``10^{10^{100}}``, exponents or
 factorials of 1000 and more, answers longer than `MAX_ANSWER_CHARS`) are scored
 0.0 without being evaluated.

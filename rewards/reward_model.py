@@ -7,7 +7,7 @@
           kwargs: {path: runs/reward_model_tiny/model, batch_size: 32, normalize: true, device: cpu}
 
 The model is loaded once per reward process (the first call) and kept; batches are scored
-with the reward model's own chat template (`rlpost.reward_model.RewardScorer`), so the policy
+with the reward model's own chat template (`rlpost.rlhf.reward_model.RewardScorer`), so the policy
 and the reward model may use different tokenizers. With `normalize` the score is
 (score - mean) / std with the statistics of the reward card.
 """
@@ -22,7 +22,7 @@ from rewards.base import completion_text
 
 @functools.lru_cache(maxsize=2)
 def _scorer(path: str, device: str, batch_size: int):
-    from rlpost.reward_model import RewardScorer
+    from rlpost.rlhf.reward_model import RewardScorer
 
     return RewardScorer(path, device=device, batch_size=batch_size)
 

@@ -41,7 +41,7 @@ def score_completions(problems: list[Problem], completions: list[str]) -> list[f
 
 def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=None) -> dict:
     """Sample `cfg.samples` answers per problem on a RolloutWorker actor and score them
-    (with the Python tool when `tools` is an enabled `rlpost.tools.ToolConfig`).
+    (with the Python tool when `tools` is an enabled `rlpost.distributed.tools.ToolConfig`).
 
     Returns {task: {"accuracy", "pass@k", "mean_tokens", "truncated"}, ..., "transcripts": [...]}
     where accuracy is the mean over all samples (pass@1) and pass@k counts a problem solved if
@@ -114,7 +114,7 @@ def evaluate_models(
     import ray
     from safetensors.torch import load_file
 
-    from rlpost.cluster import VLLMConfig, start_rollout_workers
+    from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
     from rlpost.tokenizer import load_tokenizer
 
     first = next(iter(model_paths.values()))

@@ -131,7 +131,7 @@ class DeepSpeedTrainer:
         torch.set_num_threads(deepspeed_cfg.threads)
         torch.manual_seed(seed + rank)
         if master_port is None:  # a single local rank: any free port will do
-            from rlpost.weight_sync import free_port
+            from rlpost.distributed.weight_sync import free_port
 
             master_port = free_port()
         init_distributed(rank, deepspeed_cfg.world_size, master_addr, master_port, deepspeed_cfg.dist_backend)

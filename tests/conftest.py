@@ -128,7 +128,7 @@ def train_on_random_tokens(actors, prompts) -> None:
     """One learner update on random completions with ±1 advantages: the weights surely move."""
     import random
 
-    from rlpost.learner import Trajectory
+    from rlpost.rl.learner import Trajectory
 
     rng = random.Random(0)
     trajectories = [
@@ -150,7 +150,7 @@ def assert_a_busy_engine_times_the_sync_out(actors) -> None:
     ended by the caller's shutdown.)"""
     import time
 
-    from rlpost.weight_sync import WeightSyncTimeout
+    from rlpost.distributed.weight_sync import WeightSyncTimeout
 
     actors.sync_timeout_s = 5
     actors.rollouts[0].__ray_call__.remote(lambda _: time.sleep(120))

@@ -1,4 +1,4 @@
-"""The comparison report (rlpost.compare_report): its tables, plots, and the page in a real browser.
+"""The comparison report (rlpost.compare.report): its tables, plots, and the page in a real browser.
 
 The run folder is crafted by hand in the format recipes/compare.py writes: 2 models × 2 tasks ×
 4 problems, greedy correctness chosen so every outcome filter has a known answer, and completions
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.compare_report import write_report
+from rlpost.compare.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from rlpost.compare_stats import (
+from rlpost.compare.stats import (
     maj_at_k,
     mcnemar,
     mean_ci95,

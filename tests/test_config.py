@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from rlpost.cluster import VLLMConfig
 from rlpost.config import ConfigError, doc, load_config, section
+from rlpost.distributed.engine import VLLMConfig
 
 
 @dataclass
@@ -92,12 +92,14 @@ def test_every_shipped_config_loads_and_validates():
     (named by the file's prefix), and sets only keys the recipe has."""
     from conftest import ROOT, load_recipe
 
-    from rlpost.label import LabelConfig
+    from rlpost.rlhf.label_server import LabelConfig
 
     configs = sorted((ROOT / "recipes/configs").glob("*.yaml"))
     assert len(configs) >= 6
     for path in configs:
-        if path.stem.startswith("label_"):  # the ranking page (python -m rlpost.label); a person names themselves
+        if path.stem.startswith(
+            "label_"
+        ):  # the ranking page (python -m rlpost.rlhf.label_server); a person names themselves
             load_config(LabelConfig, ["--config", str(path), "--labeler", "alice"])
             continue
         prefix = next((r for r in RECIPE_OF_CONFIG if path.stem.startswith(r + "_")), None)

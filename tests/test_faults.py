@@ -57,7 +57,7 @@ def args(tmp_path_factory) -> list[str]:
 
 def undisturbed_prompts(cfg, step: int) -> list:
     """The prompts an undisturbed run samples at `step` (1-based): a pure function of the cursor."""
-    from rlpost.rl_steps import problems_at, prompt_pool
+    from rlpost.rl.steps import problems_at, prompt_pool
 
     return [p.prompt for p in problems_at(prompt_pool(cfg.data), (step - 1) * PROMPTS, PROMPTS, cfg.seed)]
 
@@ -72,8 +72,8 @@ def run_a(sft_run, ray_cluster, tmp_path_factory, args):
     samples) per sample_groups call and the update metrics per step."""
     import ray
 
-    from rlpost import rl_steps
-    from rlpost.cluster import RLActors
+    from rlpost.rl import steps as rl_steps
+    from rlpost.rl.actors import RLActors
 
     grpo = load_recipe("grpo")
     run_dir = tmp_path_factory.mktemp("faults")

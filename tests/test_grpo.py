@@ -183,9 +183,9 @@ def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster
     import ray
 
     from rlpost.cache import cache_env
-    from rlpost.learner import Learner, PolicyLossConfig, Trajectory
+    from rlpost.distributed.weight_sync import free_port
+    from rlpost.rl.learner import Learner, PolicyLossConfig, Trajectory
     from rlpost.trainer import DeepSpeedConfig, OptimConfig
-    from rlpost.weight_sync import free_port
 
     loss = PolicyLossConfig(kl_coef=0.1, ppo_epochs=2, mini_batches=2, micro_batch_size=3)
     learner = (
@@ -233,7 +233,7 @@ def test_weight_sync_makes_vllm_match_transformers(sft_run, ray_cluster, tmp_pat
     greedy output on the learner's new weights, and differs from the greedy output before. A sync
     that a rollout worker never answers stops within sync.timeout_s with an error naming it.
     (The collective backend: tests/test_multinode.py, across nodes.)"""
-    from rlpost.cluster import RLActors
+    from rlpost.rl.actors import RLActors
     from rlpost.tokenizer import load_tokenizer
 
     cfg = grpo_config(
@@ -270,8 +270,8 @@ def test_weight_sync_makes_vllm_match_transformers(sft_run, ray_cluster, tmp_pat
 def test_a_bad_reward_reference_stops_the_run_before_the_engines_start(sft_run, ray_cluster, tmp_path):
     """The reward workers load first: a missing function fails at start-up with the config key
     and the reference, before any learner or vLLM engine is created."""
-    from rlpost.cluster import RLActors
     from rlpost.config import ConfigError
+    from rlpost.rl.actors import RLActors
 
     (tmp_path / "my_rewards.py").write_text("def other(prompts, completions, **columns):\n    return [0.0]\n")
     cfg = grpo_config(

@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from rlpost.config import ConfigError, load_config
-from rlpost.hacking_monitor import (
+from rlpost.rl.monitor import (
     Canary,
     Monitor,
     MonitorConfig,
@@ -26,7 +26,7 @@ from rlpost.hacking_monitor import (
     text_metrics,
     with_judge,
 )
-from rlpost.reward_refs import RewardSpec
+from rlpost.scoring.references import RewardSpec
 
 REPEATED, VARIED = "the the the the", "a b c d"
 
@@ -310,7 +310,7 @@ def test_the_judge_is_a_weight_0_reward_function_named_like_the_workers_name_it(
 
 
 def test_taking_the_judge_out_of_the_rewards():
-    from rlpost.rl_steps import _take_judge
+    from rlpost.rl.steps import _take_judge
 
     # The totals need no mending: a weight-0 function never makes one (tests/test_reward_runner.py).
     per_fn = {"math": [0.5, None], "length#2": [0.3, 0.7]}

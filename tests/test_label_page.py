@@ -1,4 +1,4 @@
-"""The ranking page (rlpost.label) in a real browser, its JSON API over HTTP, and sampling.
+"""The ranking page (rlpost.rlhf.label_server) in a real browser, its JSON API over HTTP, and sampling.
 
 The browser is Debian's chromium driven by Playwright; the page shuffles the responses per view,
 so every expected `order` is computed from the order the DOM showed (response text → original
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.candidates import candidates_path_for, sample_candidates
 from rlpost.config import ConfigError, load_config
-from rlpost.label import LabelConfig, LabelServer
+from rlpost.rlhf.candidates import candidates_path_for, sample_candidates
+from rlpost.rlhf.label_server import LabelConfig, LabelServer
 
 CANDIDATES = [
     {
@@ -339,7 +339,7 @@ def test_config_refuses_an_exposed_host_without_token(tmp_path):
 
 @pytest.mark.slow
 def test_sample_candidates_through_a_rollout_worker(sft_run, ray_cluster, tmp_path):
-    from rlpost.cluster import VLLMConfig
+    from rlpost.distributed.engine import VLLMConfig
     from rlpost.tasks import make_problems
 
     problems = make_problems("arithmetic", "rl", 3)

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from rlpost.learner import Trajectory, pack, packed_logprobs
+from rlpost.rl.learner import Trajectory, pack, packed_logprobs
 from rlpost.trainer import token_logprobs
 
 
@@ -97,9 +97,9 @@ def _start_learners(model_path, world_size: int = 1, **loss_options) -> list:
     import ray
 
     from rlpost.cache import cache_env
-    from rlpost.learner import Learner, PolicyLossConfig
+    from rlpost.distributed.weight_sync import free_port
+    from rlpost.rl.learner import Learner, PolicyLossConfig
     from rlpost.trainer import DeepSpeedConfig, OptimConfig
-    from rlpost.weight_sync import free_port
 
     port = free_port()
     # Half a CPU each: a world of two and its one-rank twin fit the two-core test box at once.
@@ -192,7 +192,7 @@ def test_two_learner_ranks_give_the_same_update_as_one(sft_run, ray_cluster):
 
 
 def test_broadcast_refuses_weights_that_do_not_match_the_receivers_specs():
-    from rlpost.weight_sync import WeightGroup, broadcast_weights
+    from rlpost.distributed.weight_sync import WeightGroup, broadcast_weights
 
     sender = WeightGroup(0, 2, "gloo", torch.device("cpu"), comm=None, store=None)
     with pytest.raises(ValueError, match="do not match"):
@@ -205,7 +205,7 @@ def test_weight_specs_come_once_and_each_sync_sends_the_current_weights(sft_run,
     once at init_weight_sync; the tied output embedding travels once, as the input embedding."""
     import ray
 
-    from rlpost.weight_sync import create_weight_group, fetch_buckets, free_port, receive_broadcast
+    from rlpost.distributed.weight_sync import create_weight_group, fetch_buckets, free_port, receive_broadcast
 
     (learner,) = _start_learners(sft_run / "model")
     try:

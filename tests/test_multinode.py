@@ -36,7 +36,7 @@ MULTINODE_ARGS = [
 
 
 def test_placement_resources_are_checked_by_role():
-    from rlpost.placement import PlacementConfig
+    from rlpost.distributed.placement import PlacementConfig
 
     PlacementConfig(resources={"learner": {"gpu_box": 1}}).validate()
     with pytest.raises(ConfigError, match=r"placement.resources.trainer: not a role"):
@@ -68,7 +68,7 @@ def three_nodes():
 
 @pytest.mark.slow
 def test_a_role_asking_for_a_resource_no_node_has_is_refused(sft_run, three_nodes, tmp_path):
-    from rlpost.cluster import RLActors
+    from rlpost.rl.actors import RLActors
 
     cfg = grpo_config(sft_run / "model", tmp_path, ["--placement.resources", "{learner: {gpu_box: 1}}"])
     with pytest.raises(ConfigError, match=r"need 1 gpu_box .* placement.resources"):
@@ -81,7 +81,7 @@ def test_roles_on_their_nodes_and_the_sync_reaches_the_other_node(sft_run, three
     learner node's address; after an update and a collective sync from node 1 to node 2, vLLM's
     greedy output equals transformers' on the learner's weights. A sync that the engine never
     answers stops within sync.timeout_s, naming it."""
-    from rlpost.cluster import RLActors
+    from rlpost.rl.actors import RLActors
     from rlpost.tokenizer import load_tokenizer
 
     cfg = grpo_config(sft_run / "model", tmp_path, MULTINODE_ARGS)

@@ -1,4 +1,4 @@
-"""PPO's step pieces (rlpost/ppo_steps.py) and the learner's sharding, against hand-computed values."""
+"""PPO's step pieces (rlpost/rl/ppo_steps.py) and the learner's sharding, against hand-computed values."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlpost.config import ConfigError, load_config
-from rlpost.learner import Trajectory, pack, shard, unshard
-from rlpost.ppo_steps import PPOAlgoConfig, next_kl_coef, ppo_scores, ppo_targets
+from rlpost.rl.learner import Trajectory, pack, shard, unshard
+from rlpost.rl.ppo_steps import PPOAlgoConfig, next_kl_coef, ppo_scores, ppo_targets
 
 
 def test_scores_are_clipped_then_truncation_is_penalised():
@@ -52,7 +52,7 @@ def test_kl_coefficient_fixed_or_adaptive():
 
 
 def test_bad_ppo_settings_name_their_key():
-    from rlpost.critic import CriticConfig
+    from rlpost.rl.critic import CriticConfig
 
     with pytest.raises(ConfigError, match="algo.kl_estimator"):
         load_config(PPOAlgoConfig, ["--kl_estimator", "k9"])

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from rlpost.ranking_metrics import (
+from rlpost.rlhf.ranking_metrics import (
     METRICS,
     best_worst_accuracy,
     bootstrap_ci,

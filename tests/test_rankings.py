@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SHARED_DATA
 
-from rlpost.rankings import (
+from rlpost.rlhf.rankings import (
     Ranking,
     RankingError,
     append_ranking,
@@ -371,7 +371,7 @@ APPEND_SCRIPT = """
 import os, sys, time
 sys.path.insert(0, "tests")
 from test_rankings import big_record
-from rlpost.rankings import append_ranking
+from rlpost.rlhf.rankings import append_ranking
 path, writer, go = sys.argv[1:]
 while not os.path.exists(go):
     time.sleep(0.005)

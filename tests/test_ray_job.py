@@ -165,7 +165,7 @@ def test_a_recipe_starts_its_own_cluster_while_another_runs_on_the_machine(ray_h
     _, env = ray_head
     env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
     code = (
-        "import ray; from rlpost.cluster import init_ray; init_ray(num_cpus=1); print(ray.cluster_resources()['CPU'])"
+        "import ray; from rlpost.distributed.cluster import init_ray; init_ray(num_cpus=1); print(ray.cluster_resources()['CPU'])"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

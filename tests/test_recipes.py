@@ -70,7 +70,7 @@ def test_vllm_greedy_equals_transformers_on_trained_checkpoint(sft_run, ray_clus
     import torch
 
     from rlpost.chat import prompt_ids
-    from rlpost.cluster import VLLMConfig, start_rollout_workers
+    from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
     from rlpost.model import load_model
     from rlpost.tasks import make_problems
     from rlpost.tokenizer import load_tokenizer, stop_token_ids
@@ -107,7 +107,7 @@ def test_rollout_worker_with_a_fractional_cpu_share_uses_every_core(sft_run, ray
     import ray
     import torch
 
-    from rlpost.cluster import VLLMConfig, start_rollout_workers
+    from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
 
     worker = start_rollout_workers(str(sft_run / "model"), VLLMConfig(num_cpus=0.5, kv_cache_gib=0.25))[0]
     try:

@@ -1,7 +1,7 @@
 """Reward models from rankings: the recipe end to end, the saved folder, the card, and RL against
 the learned reward through the real reward workers.
 
-The rankings here are made by the SIMULATED labeler (`rlpost.simulated_labeler`) from
+The rankings here are made by the SIMULATED labeler (`rlpost.rlhf.simulated_labeler`) from
 hand-varied worked solutions, so the test knows the preference the model should learn."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def variants(problem) -> list[str]:
 
 @pytest.fixture(scope="module")
 def rankings_file(tmp_path_factory):
-    from rlpost.simulated_labeler import label
+    from rlpost.rlhf.simulated_labeler import label
     from rlpost.tasks import make_problems
 
     path = tmp_path_factory.mktemp("rankings") / "simulated.jsonl"
@@ -96,8 +96,8 @@ def test_saved_folder_loads_with_transformers_and_scores_like_the_recipe(reward_
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlpost.rankings import read_rankings
-    from rlpost.reward_model import RewardScorer, render
+    from rlpost.rlhf.rankings import read_rankings
+    from rlpost.rlhf.reward_model import RewardScorer, render
 
     folder = reward_run[0] / "model"
     rankings = read_rankings(rankings_file)[:6]
@@ -118,8 +118,8 @@ def test_saved_folder_loads_with_transformers_and_scores_like_the_recipe(reward_
 
 
 def test_reward_card_describes_the_model(reward_run, rankings_file):
-    from rlpost.rankings import read_rankings
-    from rlpost.reward_model import RewardScorer, read_card
+    from rlpost.rlhf.rankings import read_rankings
+    from rlpost.rlhf.reward_model import RewardScorer, read_card
 
     run_dir, _ = reward_run
     card = read_card(run_dir / "model")
@@ -131,7 +131,7 @@ def test_reward_card_describes_the_model(reward_run, rankings_file):
     config = json.loads((run_dir / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == 3 and len(config["id2label"]) == 1
     # Normalisation statistics: those of the training responses (all 960 fit in the sample).
-    from rlpost.rankings import split_by_prompt
+    from rlpost.rlhf.rankings import split_by_prompt
 
     train, _ = split_by_prompt(read_rankings(rankings_file), 60, seed=0)
     train_keys = {r.prompt_key for r in train}

@@ -1,4 +1,4 @@
-"""Naming reward functions and loading them by reference (rlpost.reward_refs)."""
+"""Naming reward functions and loading them by reference (rlpost.scoring.references)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.reward_refs import (
+from rlpost.scoring.references import (
     RewardLoadError,
     absolute_reference,
     accepted_columns,

@@ -1,4 +1,4 @@
-"""Running reward functions in supervised child processes and combining them (rlpost.reward_runner)."""
+"""Running reward functions in supervised child processes and combining them (rlpost.scoring.runner)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.reward_refs import RewardLoadError, RewardSpec
-from rlpost.reward_runner import RewardError, RewardFunctionBroken, RewardResult, RewardRunner, RewardWorker
+from rlpost.scoring.references import RewardLoadError, RewardSpec
+from rlpost.scoring.runner import RewardError, RewardFunctionBroken, RewardResult, RewardRunner, RewardWorker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def reward_children() -> set[int]:
         except OSError:
             continue  # exited meanwhile
         parent = int(stat.rpartition(")")[2].split()[1])
-        if parent == os.getpid() and b"rlpost.reward_process" in command:
+        if parent == os.getpid() and b"rlpost.scoring.process" in command:
             children.add(int(entry.name))
     return children
 

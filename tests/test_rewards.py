@@ -48,7 +48,7 @@ def test_every_builtin_has_a_case():
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_CASES))
 def test_every_builtin_loads_by_name_and_scores(name):
-    from rlpost.reward_refs import call_reward_fn, load_reward_fn
+    from rlpost.scoring.references import call_reward_fn, load_reward_fn
 
     function = load_reward_fn(name)
     assert function is BUILTIN_REWARDS[name] is load_reward_fn(BUILTIN_REFERENCES[name])

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from rlpost.config import ConfigError, load_config
-from rlpost.rl_steps import AlgoConfig, Groups, RolloutConfig, build_trajectories, problems_at, step_metrics
-from rlpost.rollout import Sample
+from rlpost.distributed.rollout import Sample
+from rlpost.rl.steps import AlgoConfig, Groups, RolloutConfig, build_trajectories, problems_at, step_metrics
 from rlpost.tasks import Problem
 
 ROLLOUT = RolloutConfig(n=2, prompts_per_step=2, max_new_tokens=4)

@@ -18,9 +18,10 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("vllm")
 
 from rlpost.cache import cache_env  # noqa: E402
-from rlpost.cluster import make_actor  # noqa: E402
-from rlpost.rollout import RolloutWorker, rollout_env  # noqa: E402
-from rlpost.weight_sync import (  # noqa: E402
+from rlpost.distributed.cluster import make_actor  # noqa: E402
+from rlpost.distributed.engine import rollout_env  # noqa: E402
+from rlpost.distributed.rollout import RolloutWorker  # noqa: E402
+from rlpost.distributed.weight_sync import (  # noqa: E402
     broadcast_weights,
     create_weight_group,
     fetch_buckets,

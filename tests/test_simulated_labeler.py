@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlpost.simulated_labeler import (
+from rlpost.rlhf.simulated_labeler import (
     LABELER,
     NAME,
     false_steps,

@@ -8,8 +8,8 @@ import re
 import pytest
 from conftest import metrics
 
-from rlpost.rollout import _tool_code
-from rlpost.tools import PythonTool, ToolConfig, output_text, repl_program
+from rlpost.distributed.rollout import _tool_code
+from rlpost.distributed.tools import PythonTool, ToolConfig, output_text, repl_program
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_output_text_keeps_stdout_before_an_error():
 def tool_worker(tool_sft_run, ray_cluster):
     import ray
 
-    from rlpost.cluster import VLLMConfig, start_rollout_workers
+    from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
 
     worker = start_rollout_workers(str(tool_sft_run / "model"), VLLMConfig(kv_cache_gib=0.25, num_cpus=0))[
         0

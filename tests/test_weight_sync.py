@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlpost.weight_sync import (
+from rlpost.distributed.weight_sync import (
     WeightGroup,
     broadcast_weights,
     engine_dtype,
@@ -116,7 +116,7 @@ def test_broadcast_refuses_weights_that_do_not_match_the_specs():
 def test_reload_warnings_are_dropped_only_for_layers_that_are_never_sent():
     import logging
 
-    from rlpost.rollout import _ReloadWarningFilter
+    from rlpost.distributed.engine import _ReloadWarningFilter
 
     def record(msg: str) -> logging.LogRecord:
         return logging.LogRecord("vllm", logging.WARNING, __file__, 1, msg, None, None)

@@ -4,7 +4,7 @@ Each rank receives the whole step's trajectories, keeps its own shard (every wor
 sample), and runs the policy-gradient update with the pure loss functions of
 rlpost/algorithms. The learner trains on exactly the token ids vLLM sampled; injected tool
 output tokens carry mask 0 and never enter the loss. Rank 0 also serves the weights to the
-rollout workers (object store or broadcast, see rlpost/weight_sync.py).
+rollout workers (object store or broadcast, see rlpost/distributed/weight_sync.py).
 
 The loss of each mini-batch is its aggregate (`loss.loss_agg`) over the whole mini-batch on all
 ranks, whatever the number of ranks and micro-batches: every aggregation mode is a sum over
@@ -371,7 +371,7 @@ class Learner:
         engines' dtype (`dtype` is vllm.dtype, resolved as the engines resolve it), and their
         buckets. Every rank must call (ZeRO-3 gathers). Returns the specs on rank 0 (None
         elsewhere): the receivers of a broadcast need them, and they never change."""
-        from rlpost.weight_sync import engine_dtype, plan_buckets, to_dtype, weight_specs
+        from rlpost.distributed.weight_sync import engine_dtype, plan_buckets, to_dtype, weight_specs
 
         with self.trainer.gathered_weights() as weights:
             specs = weight_specs(weights, to_dtype(engine_dtype(dtype)))
@@ -386,7 +386,7 @@ class Learner:
         engines' dtype, and returns only their refs (None elsewhere): the bytes go from this
         process to the engines without passing through the driver. Every rank must call (ZeRO-3
         gathers)."""
-        from rlpost.weight_sync import put_buckets
+        from rlpost.distributed.weight_sync import put_buckets
 
         with self.trainer.gathered_weights() as weights:
             if self.rank != 0:
@@ -398,7 +398,7 @@ class Learner:
     def init_weight_group(self, master_addr: str, master_port: int, world_size: int, backend: str) -> None:
         """Rank 0 joins the rollout workers' weight-broadcast group (the other ranks have no part
         in it); the rollout workers must be joining at the same time."""
-        from rlpost.weight_sync import create_weight_group
+        from rlpost.distributed.weight_sync import create_weight_group
 
         if self.rank == 0:
             self.weight_group = create_weight_group(master_addr, master_port, 0, world_size, backend)
@@ -407,7 +407,7 @@ class Learner:
         """Rank 0 broadcasts the current weights to the rollout workers' group, bucket by bucket
         in the engines' dtype, from one gather; every rank must call (ZeRO-3 gathers). Returns
         seconds."""
-        from rlpost.weight_sync import broadcast_weights
+        from rlpost.distributed.weight_sync import broadcast_weights
 
         t0 = time.perf_counter()
         with self.trainer.gathered_weights() as weights:

@@ -1,8 +1,8 @@
 """PPO's critic: the policy's architecture with a scalar head, one value per completion token.
 
-The critic is a sequence-classification model like the reward model (rlpost/reward_model.py),
+The critic is a sequence-classification model like the reward model (rlpost/rlhf/reward_model.py),
 saved as an HF folder the same way, initialised from the reward model (InstructGPT, OpenRLHF)
-or from the policy, by `critic.init`. It trains with the learner's machinery (rlpost/learner.py:
+or from the policy, by `critic.init`. It trains with the learner's machinery (rlpost/rl/learner.py:
 shards, mini-batches, micro-batches, globally aggregated losses, DeepSpeed checkpoints) on its
 own DeepSpeed ranks, each a Ray actor: time-shared with the learner on one box, its own GPUs on
 a cluster. Its values sit in the learner's logprob columns: column t is the value of the state
@@ -18,7 +18,7 @@ import torch
 
 from rlpost.algorithms import value_loss
 from rlpost.config import ConfigError, doc
-from rlpost.learner import Learner, Trajectory, length_sorted_parts, pack, shard, unpack
+from rlpost.rl.learner import Learner, Trajectory, length_sorted_parts, pack, shard, unpack
 
 
 @dataclass
@@ -64,7 +64,7 @@ def check_critic_tokenizer(critic_path: str, policy_path: str) -> None:
 def critic_model(path: str, init: str):
     """A scalar-head model on the backbone at `path`; from a causal LM its head starts at zero,
     so the first values are 0 rather than noise."""
-    from rlpost.reward_model import reward_model_from_lm
+    from rlpost.rlhf.reward_model import reward_model_from_lm
     from rlpost.tokenizer import load_tokenizer
 
     model = reward_model_from_lm(path, load_tokenizer(path))

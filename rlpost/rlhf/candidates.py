@@ -1,7 +1,7 @@
 """Candidates to rank: K responses per prompt sampled from a policy through a vLLM rollout worker.
 
 `sample_candidates` writes them to a JSONL file of {"id", "prompt", "responses", "answer"?} lines
-and reads that file back instead of sampling again, so the ranking page (`rlpost.label`) shows
+and reads that file back instead of sampling again, so the ranking page (`rlpost.rlhf.label_server`) shows
 the same responses after a restart, and a benchmark can rank the same samples with the
 simulated labeler.
 """
@@ -13,7 +13,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from rlpost.cluster import VLLMConfig
+from rlpost.distributed.engine import VLLMConfig
 
 
 def candidates_path_for(out: str | Path) -> Path:
@@ -31,7 +31,7 @@ def load_prompts(spec: dict[str, int] | str) -> list[dict]:
             {"prompt": p.prompt, "answer": p.answer} for task, n in spec.items() for p in make_problems(task, "rl", n)
         ]
     from rlpost.data import read_jsonl
-    from rlpost.rankings import ranking_from_record
+    from rlpost.rlhf.rankings import ranking_from_record
 
     items = []
     for lineno, record in read_jsonl(spec):
@@ -67,7 +67,8 @@ def sample_candidates(
     import ray
 
     from rlpost.chat import prompt_ids
-    from rlpost.cluster import init_ray, start_rollout_workers
+    from rlpost.distributed.cluster import init_ray
+    from rlpost.distributed.engine import start_rollout_workers
     from rlpost.tokenizer import decode_completions, load_tokenizer, stop_token_ids
 
     items = [p if isinstance(p, dict) else {"prompt": p} for p in prompts]
@@ -116,7 +117,7 @@ def sample_candidates(
 def read_candidates(path: str | Path) -> list[dict]:
     """The records of a candidates file; a bad prompt or response fails naming file and line."""
     from rlpost.data import read_jsonl
-    from rlpost.rankings import ranking_from_record
+    from rlpost.rlhf.rankings import ranking_from_record
 
     records, ids = [], set()
     for lineno, r in read_jsonl(path):

@@ -1,7 +1,7 @@
 """Scoring batches with a mix of reward functions, and the Ray worker that does it.
 
 `RewardRunner` runs every function of a list of `RewardSpec`s on one batch, each
-in its own supervised child process (`rlpost.reward_process`), all in parallel,
+in its own supervised child process (`rlpost.scoring.process`), all in parallel,
 and combines them:
 
 - ``total`` is the weighted sum of the values per sample (``default_reward``
@@ -34,8 +34,8 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rlpost.reward_process import BatchOutcome, RewardError, RewardProcess, stop_processes
-from rlpost.reward_refs import RewardSpec, absolute_reference, unique_names
+from rlpost.scoring.process import BatchOutcome, RewardError, RewardProcess, stop_processes
+from rlpost.scoring.references import RewardSpec, absolute_reference, unique_names
 
 __all__ = ["RewardError", "RewardFunctionBroken", "RewardResult", "RewardRunner", "RewardWorker"]
 

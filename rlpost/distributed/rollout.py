@@ -3,12 +3,12 @@
 `RolloutWorker` wraps one vLLM `LLM` that runs in the caller's process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): on CPU it starts in seconds instead of half a minute, and
 new weights are handed to the model as tensors with no serialisation. It runs as a Ray actor
-(`rlpost.cluster.start_rollout_workers`) so the engine owns its process: vLLM replaces
+(`rlpost.distributed.engine.start_rollout_workers`) so the engine owns its process: vLLM replaces
 ``torch.set_num_threads`` there and sets up its own ``torch.distributed`` world.
 
 Weights arrive either as buckets that the learner's rank 0 put into Ray's object store, read by
 their refs (`update_weights`), or by a broadcast from the learner's rank 0 over a private process
-group (`init_weight_group` + `receive_weights`; the sender side is `rlpost.weight_sync`). Either
+group (`init_weight_group` + `receive_weights`; the sender side is `rlpost.distributed.weight_sync`). Either
 way the methods that touch the model run inside vLLM's worker through `RolloutWorkerExtension`.
 
 vLLM is imported only inside `RolloutWorker`, because its environment variables must be set
@@ -19,25 +19,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rlpost import weight_sync
-from rlpost.cache import cache_root
+from rlpost.distributed import weight_sync
+from rlpost.distributed.engine import EXTENSION_QUALNAME, rollout_env
+from rlpost.distributed.tools import PythonTool, ToolConfig
 from rlpost.model import bf16_is_native
 from rlpost.tokenizer import OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START
-from rlpost.tools import PythonTool, ToolConfig
 
 logger = logging.getLogger(__name__)
-
-EXTENSION_QUALNAME = "rlpost.rollout.RolloutWorkerExtension"
 
 
 @dataclass
@@ -50,122 +46,6 @@ class Sample:
     loss_mask: list[int] | None = None  # with tools: 1 = sampled by the policy, 0 = injected tool output
     tool_calls: int = 0  # Python tool calls made while generating this sample
     tool_s: float = 0.0  # this sample's share of the wall time spent running tool calls
-
-
-def rollout_env(kv_cache_gib: float, threads: int = 0) -> dict[str, str]:
-    """Environment a rollout process needs before vLLM is first imported.
-
-    Meant for ``runtime_env={"env_vars": rollout_env(...)}`` of a rollout actor; compile caches go
-    below the project cache folder (`rlpost.cache`). vLLM parses VLLM_CPU_KVCACHE_SPACE as a
-    whole number of GiB, so it is rounded up here; `RolloutWorker` passes the exact size itself.
-    `threads` (if not 0) sets the engine's CPU threads: Ray sets OMP_NUM_THREADS to an actor's
-    whole number of CPUs, one for a fractional share, and torch reads it at import.
-    """
-    cache = cache_root()
-    # Unix socket paths are limited to ~107 bytes, so vLLM's sockets go to a short local
-    # folder rather than the (possibly deep, possibly network-mounted) cache folder.
-    rpc_dir = Path(tempfile.gettempdir()) / f"rlpost-{os.getuid()}" / "vllm-rpc"
-    return {
-        "VLLM_CACHE_ROOT": str(cache / "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
-        "HF_HOME": str(cache / "hf"),
-        "VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(kv_cache_gib))),
-        "VLLM_RPC_BASE_PATH": str(rpc_dir),
-        # The engine lives in the actor's own process: tensors are handed over, not serialised.
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_NO_USAGE_STATS": "1",
-        "VLLM_DO_NOT_TRACK": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    } | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-
-
-class RolloutWorkerExtension:
-    """Methods mixed into vLLM's worker class (``worker_extension_cls``).
-
-    They run where the model lives (the caller's process in in-process mode, vLLM's worker
-    process otherwise) and are called through ``LLM.collective_rpc``. ``self`` is the vLLM worker.
-    Names carry an ``rlpost_`` prefix so they cannot shadow a worker method.
-    """
-
-    def rlpost_load_weights(self, weights) -> float:
-        """Load HF-named weights (a dict or a list of pairs); returns seconds."""
-        t0 = time.perf_counter()
-        if isinstance(weights, Mapping):
-            weights = weights.items()
-        self._rlpost_reload(weights)
-        return time.perf_counter() - t0
-
-    def rlpost_init_weight_group(
-        self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str
-    ) -> None:
-        old = getattr(self, "_rlpost_group", None)
-        if old is not None:
-            old.close()
-        self._rlpost_group = weight_sync.create_weight_group(
-            master_addr, master_port, rank, world_size, backend=backend
-        )
-
-    def rlpost_receive_weights(self, specs) -> tuple[float, float]:
-        """Receive rank 0's broadcast of `specs` and load it; returns (receive s, load s)."""
-        group = getattr(self, "_rlpost_group", None)
-        if group is None:
-            raise RuntimeError("receive_weights called before init_weight_group")
-        # RPC may turn tuples into lists; the bucket plan only needs the values.
-        specs = [(name, tuple(shape), dt) for name, shape, dt in specs]
-        t0 = time.perf_counter()
-        # Receive everything first: a broadcast must not wait on model processing, or the
-        # sender (and every other receiver) stalls behind the slowest engine.
-        received = list(weight_sync.receive_broadcast(group, specs))
-        t1 = time.perf_counter()
-        self._rlpost_reload(received)
-        return t1 - t0, time.perf_counter() - t1
-
-    def rlpost_close_weight_group(self) -> None:
-        group = getattr(self, "_rlpost_group", None)
-        if group is not None:
-            group.close()
-            self._rlpost_group = None
-
-    def _rlpost_reload(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
-        _quiet_reload_warnings()
-        # Cast to the engine's dtype here (the learner's master weights are float32): vLLM would
-        # convert too, but warns once per tensor on every sync.
-        dtype = self.model_config.dtype
-        named = ((name, t.to(dtype)) for name, t in named)
-        # vLLM's layerwise reload: each layer is rebuilt from checkpoint-format (HF) tensors,
-        # then its post-load processing runs again. Plain `model.load_weights` is not enough on
-        # CPU, where linear weights are prepacked into kernel-specific buffers at load time.
-        self.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
-        # With tied embeddings the lm_head shares the embedding Parameter but is never loaded
-        # itself, so its post-load processing does not rerun; where that processing made a
-        # prepacked copy (CPU GEMM kernels), the head would keep the old weights. Rebuild it
-        # from the current weight: a few ms, harmless when untied, a no-op on GPU.
-        model = self.model_runner.get_model()
-        lm_head = getattr(model, "lm_head", None)
-        quant_method = getattr(lm_head, "quant_method", None)
-        if quant_method is not None and hasattr(lm_head, "weight"):
-            with torch.no_grad():
-                quant_method.process_weights_after_loading(lm_head)
-
-
-class _ReloadWarningFilter(logging.Filter):
-    """Drops vLLM's per-sync "Failed to load weights" warnings for layers that are never sent.
-
-    Rotary tables are computed, not loaded: a reload always "fails" to load them and vLLM puts the
-    existing tables back, which is correct. A tied lm_head is the embedding's Parameter, sent
-    once under the embedding's name (and its prepacked copy rebuilt in `_rlpost_reload`). The
-    warnings would only fill the logs, once per sync.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not (msg.startswith(("RotaryEmbedding", "ParallelLMHead")) and "Failed to load weights" in msg)
-
-
-def _quiet_reload_warnings() -> None:
-    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-    if not any(isinstance(f, _ReloadWarningFilter) for f in log.filters):
-        log.addFilter(_ReloadWarningFilter())
 
 
 class RolloutWorker:

@@ -1,235 +1,21 @@
-"""Where the actors run: connecting to Ray, placing the RL actor groups, moving weights between them.
+"""The RL run's actors: learner ranks, rollout workers, reward workers and PPO's critic ranks,
+placed by role, and the weight sync from learner rank 0 to every engine.
 
-    init_ray()                          attach to `ray job submit`'s cluster, or start a local one
     actors = RLActors(cfg, ...)         learner ranks + rollout workers + reward workers, placed
     actors.learners.call("train", b)    call a method on every actor of a group and gather
     actors.sync_weights()               learner rank 0 → every rollout engine
-
-Every actor is made by `make_actor`: its resources, its environment (the cache folder layout of
-rlpost/cache.py, set before it imports anything) and, in RL, its bundle of its role's placement
-group. On one CPU box the bundles time-share the cores phase by phase (rollout, reward, train);
-on a cluster the rollout engines spread over nodes (`placement.strategy: SPREAD`), each
-DeepSpeed world packs, and `placement.resources` pins a role to the nodes that offer a custom
-resource. Rendezvous addresses come from the node of the rank that hosts the store.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rlpost.cache import cache_env
 from rlpost.config import ConfigError, doc
-from rlpost.placement import ROLES, bundle, check_resources, deepspeed_env, rendezvous
-
-RUN_LOG_VAR = "RLPOST_RUN_LOG"
-
-
-def init_ray(num_cpus: int | None = None, run_log: str | Path | None = None) -> None:
-    """Attach to the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a
-    private local one with this machine's cores. With `run_log`, every actor's output (library
-    warnings, engine start-up notices) goes to that file instead of the console."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if threading.current_thread() is threading.main_thread():
-        # Turn SIGTERM into a normal exit so Ray's exit hooks stop the local cluster's processes.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    runtime_env: dict = {"env_vars": cache_env()}
-    if run_log:
-        runtime_env["env_vars"][RUN_LOG_VAR] = str(Path(run_log).resolve())
-        runtime_env["worker_process_setup_hook"] = "rlpost.cluster.send_output_to_run_log"
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=runtime_env, log_to_driver=True)
-    else:
-        # address="local": a new cluster even while another runs on this machine (another run,
-        # a `ray start` head), which ray.init would otherwise join, refusing num_cpus.
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=True,
-            configure_logging=False,
-        )
-
-
-def send_output_to_run_log() -> None:
-    """Ray worker set-up hook: point this process's stdout and stderr (file descriptors, so C++
-    output too) at the run's log file. Errors still reach the driver as exceptions."""
-    path = Path(os.environ[RUN_LOG_VAR])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-        os.dup2(fd, stream.fileno())
-    os.close(fd)
-
-
-def make_actor(cls, *, num_cpus: float, num_gpus: float = 0.0, env: dict | None = None, bundle=None, **options):
-    """`cls` as a Ray actor class with its resources and environment variables; `bundle` is
-    (placement group, bundle index) to pin it there. Call `.remote(...)` on the result."""
-    import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    if bundle is not None:
-        group, index = bundle
-        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            placement_group=group, placement_group_bundle_index=index
-        )
-    return ray.remote(cls).options(
-        num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env or cache_env()}, **options
-    )
-
-
-class ActorGroup:
-    """Actors of one role. `call` runs a method on every one of them at once and gathers the
-    results in actor order; `submit` returns the object refs instead."""
-
-    def __init__(self, actors: list):
-        self.actors = actors
-
-    def submit(self, method: str, *args, **kwargs) -> list:
-        return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
-
-    def call(self, method: str, *args, **kwargs) -> list:
-        import ray
-
-        return ray.get(self.submit(method, *args, **kwargs))
-
-    def __len__(self) -> int:
-        return len(self.actors)
-
-    def __getitem__(self, index: int):
-        return self.actors[index]
-
-    def kill(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-
-
-def mean_over_ranks(per_rank: list[dict]) -> dict:
-    """The ranks' metrics averaged key by key (each rank reports the same keys)."""
-    return {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
-
-
-# ---------------------------------------------------------------------------------------------
-# Rollout workers
-
-
-@dataclass
-class VLLMConfig:
-    num_workers: int = doc("Rollout workers (one vLLM engine each).", 1)
-    num_cpus: float = doc("Ray CPUs reserved per rollout worker; fractions let phases time-share a small box.", 1.0)
-    num_gpus: float = doc("GPUs per rollout worker (0 on CPU).", 0.0)
-    dtype: str = doc(
-        "Engine dtype: 'bfloat16' (fast on AVX-512-bf16 CPUs and GPUs; float32 where the device has no bf16 "
-        "arithmetic) or 'float32'.",
-        "bfloat16",
-    )
-    max_model_len: int = doc("Prompt + completion tokens the engine accepts.", 1024)
-    kv_cache_gib: float = doc(
-        "KV cache size in GiB (committed at start on CPU); 0: vLLM sizes it from gpu_memory_utilization (GPUs only).",
-        1.0,
-    )
-    enforce_eager: bool = doc(
-        "Skip torch.compile and CUDA graphs (compiling adds 15-50 s per engine start on CPU); "
-        "false on GPUs captures CUDA graphs, faster decoding for a slower start.",
-        True,
-    )
-    threads: int = doc("CPU threads per engine; 0: this machine's cores shared evenly by the workers.", 0)
-    gpu_memory_utilization: float = doc(
-        "Fraction of each GPU's memory the engine may use: weights, activations and, with kv_cache_gib 0, "
-        "the KV cache (GPUs only).",
-        0.9,
-    )
-    tensor_parallel_size: int = doc("GPUs per engine (tensor parallel); equals num_gpus on GPUs, 1 on CPU.", 1)
-    max_num_seqs: int = doc("Sequences an engine decodes at once (GPUs only; CPU engines keep vLLM's 256).", 256)
-
-    def validate(self):
-        if self.num_gpus > 0:
-            if self.tensor_parallel_size != self.num_gpus:
-                # Ray hands each worker num_gpus GPUs: an engine sharded over fewer leaves some idle,
-                # over more fails to start.
-                raise ConfigError(
-                    f"vllm.tensor_parallel_size: {self.tensor_parallel_size} must equal vllm.num_gpus "
-                    f"({self.num_gpus:g}), the GPUs each rollout worker gets"
-                )
-        elif self.tensor_parallel_size != 1:
-            raise ConfigError(
-                f"vllm.tensor_parallel_size: must be 1 on CPU (vllm.num_gpus 0), got {self.tensor_parallel_size}"
-            )
-        if self.kv_cache_gib < 0 or (self.kv_cache_gib == 0 and self.num_gpus == 0):
-            raise ConfigError(
-                f"vllm.kv_cache_gib: must be more than 0 on CPU (0 lets vLLM size it, with vllm.num_gpus > 0), "
-                f"got {self.kv_cache_gib}"
-            )
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"vllm.gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.max_num_seqs < 1:
-            raise ConfigError(f"vllm.max_num_seqs: must be at least 1, got {self.max_num_seqs}")
-
-    def actor_env(self) -> dict[str, str]:
-        """Environment variables of a rollout worker actor (set before vLLM is imported)."""
-        from rlpost.rollout import rollout_env
-
-        # Without an explicit thread count Ray would leave an engine with a fractional CPU share
-        # one OpenMP thread: a third slower rollouts on 2 cores than with both.
-        threads = self.threads or max(1, (os.cpu_count() or 1) // self.num_workers)
-        return {**cache_env(), **rollout_env(self.kv_cache_gib, threads=threads), "VLLM_LOGGING_LEVEL": "WARNING"}
-
-
-def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0, bundles=None) -> ActorGroup:
-    """`cfg.num_workers` RolloutWorker actors on `model_path`, ready to generate; `bundles` gives
-    each its (placement group, bundle index)."""
-    from rlpost.rollout import RolloutWorker
-
-    cfg.validate()  # configs built in code (not from YAML) are checked here, before any engine starts
-    # GPU-only engine arguments: a CPU engine keeps the arguments its speed and tests were measured with.
-    gpu_args = (
-        dict(
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            max_num_seqs=cfg.max_num_seqs,
-        )
-        if cfg.num_gpus
-        else {}
-    )
-    workers = ActorGroup(
-        [
-            make_actor(
-                RolloutWorker,
-                num_cpus=cfg.num_cpus,
-                num_gpus=cfg.num_gpus,
-                env=cfg.actor_env(),
-                bundle=bundles[i] if bundles else None,
-                max_restarts=3,  # a dead engine comes back; rl_steps.sample_groups resyncs and reruns it
-            ).remote(
-                model_path,
-                dtype=cfg.dtype,
-                max_model_len=cfg.max_model_len,
-                seed=seed + i,
-                enforce_eager=cfg.enforce_eager,
-                kv_cache_gib=cfg.kv_cache_gib,
-                **gpu_args,
-            )
-            for i in range(cfg.num_workers)
-        ]
-    )
-    workers.call("ready")
-    return workers
-
-
-# ---------------------------------------------------------------------------------------------
-# The RL actor groups
+from rlpost.distributed.cluster import ActorGroup, make_actor
+from rlpost.distributed.engine import start_rollout_workers
+from rlpost.distributed.placement import ROLES, bundle, check_resources, deepspeed_env, rendezvous
 
 
 @dataclass
@@ -274,9 +60,9 @@ class RLActors:
         import ray
         from ray.util.placement_group import placement_group
 
-        from rlpost.learner import Learner
-        from rlpost.reward_refs import RewardLoadError, absolute_reference
-        from rlpost.reward_runner import RewardWorker
+        from rlpost.rl.learner import Learner
+        from rlpost.scoring.references import RewardLoadError, absolute_reference
+        from rlpost.scoring.runner import RewardWorker
 
         p, v, world = cfg.placement, cfg.vllm, cfg.deepspeed.world_size
         critic = getattr(cfg, "critic", None)
@@ -323,7 +109,7 @@ class RLActors:
             reference=critic is not None, **common,  # PPO's KL reward needs the reference's logprobs
         )  # fmt: skip
         if critic is not None:
-            from rlpost.critic import Critic
+            from rlpost.rl.critic import Critic
 
             self.critics = self._deepspeed_world(
                 "critic", Critic, critic.num_cpus, critic.num_gpus,
@@ -339,7 +125,7 @@ class RLActors:
         # on learner rank 0 for either backend: every sync sends the same layout.
         self.weight_specs = self.learners.call("init_weight_sync", v.dtype)[0]
         if self.sync_backend == "collective":
-            from rlpost.weight_sync import wait_for_sync
+            from rlpost.distributed.weight_sync import wait_for_sync
 
             self.rendezvous["weight_sync"] = rendezvous(self.pgs["learner"], 0, 1)
             _, master_addr, (port,) = self.rendezvous["weight_sync"]
@@ -397,7 +183,7 @@ class RLActors:
         cannot be interrupted from here and stay stuck: the caller's error path ends them with
         `shutdown` (and a driver that exits ends its actors with it).
         """
-        from rlpost.weight_sync import wait_for_sync
+        from rlpost.distributed.weight_sync import wait_for_sync
 
         t0 = time.perf_counter()
         timeout_s = self.sync_timeout_s

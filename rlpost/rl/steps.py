@@ -6,10 +6,10 @@
                 collect_groups(...)                   the two above, in refill rounds, merged
     advantages  build_trajectories(groups, ...)       group advantages broadcast over each sample's
                                                       tokens, filtered and trimmed for the learner
-    update      actors.learners.call("train", ...)    rlpost/learner.py
-    sync        actors.sync_weights()                 rlpost/cluster.py
+    update      actors.learners.call("train", ...)    rlpost/rl/learner.py
+    sync        actors.sync_weights()                 rlpost/rl/actors.py
     metrics     step_metrics(groups, ...)             computed once from the step's merged samples
-    monitor     monitor_signals(groups, ...)          what rlpost/hacking_monitor.py reads; the canaries
+    monitor     monitor_signals(groups, ...)          what rlpost/rl/monitor.py reads; the canaries
                                                       and the judge are scored in collect_groups
 
 The config sections these pieces read live here too.
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 
 from rlpost.config import ConfigError, doc
-from rlpost.reward_refs import RewardSpec
-from rlpost.rollout import Sample
+from rlpost.distributed.rollout import Sample
+from rlpost.scoring.references import RewardSpec
 from rlpost.tasks import TASKS, Problem
 
 
@@ -265,7 +265,7 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
 
     Reward errors are printed once per (function, kind) over the run (`reported` remembers)."""
     from rlpost.algorithms import zero_variance_groups
-    from rlpost.hacking_monitor import judge_name
+    from rlpost.rl.monitor import judge_name
     from rlpost.tokenizer import decode_completions
 
     groups, timings = Groups(), {"time/rollout": 0.0, "time/tool": 0.0, "time/reward": 0.0}
@@ -316,7 +316,7 @@ def score_canaries(actors, tokenizer, problems: list[Problem], texts: list[str],
     """The monitor's canaries of the first `monitor.canary_prompts` problems (`texts`: the
     samples of every problem, `rollout.n` each), scored by the reward workers like samples: one
     small extra batch per step. Returns the canaries with their rewards, and the `RewardError`s."""
-    from rlpost.hacking_monitor import Canary, canary_texts
+    from rlpost.rl.monitor import Canary, canary_texts
 
     n, problems = cfg.rollout.n, problems[: cfg.monitor.canary_prompts]
     canaries = [
@@ -351,7 +351,7 @@ def build_trajectories(groups: Groups, algo: AlgoConfig, rollout: RolloutConfig)
     truncated samples with `mask_truncated`, and groups beyond `prompts_per_step` (refill rounds
     may bring more). Returns (trajectories, number of groups trained on)."""
     from rlpost.algorithms import ADVANTAGE_ESTIMATORS, truncation_mask, zero_variance_groups
-    from rlpost.learner import Trajectory
+    from rlpost.rl.learner import Trajectory
 
     n = rollout.n
     rewards = torch.tensor(groups.rewards, dtype=torch.float32)
@@ -416,7 +416,7 @@ def step_metrics(groups: Groups, n: int) -> dict:
 
 def monitor_signals(groups: Groups, n: int, kl: float | None):
     """What the reward-hacking monitor reads from the step (`kl`: the learner's estimate, if any)."""
-    from rlpost.hacking_monitor import StepSignals
+    from rlpost.rl.monitor import StepSignals
 
     return StepSignals(
         texts=groups.texts,

@@ -28,16 +28,17 @@ def run(cfg, algorithm) -> dict:
     from ray.exceptions import RayActorError
     from tqdm import tqdm
 
-    from rlpost.cluster import RLActors, init_ray
     from rlpost.config import check_path, save_config, to_dict
+    from rlpost.distributed.cluster import init_ray
+    from rlpost.distributed.weight_sync import WeightSyncTimeout
     from rlpost.evaluate import evaluate
-    from rlpost.hacking_monitor import Monitor, with_judge
     from rlpost.metrics import MetricsLogger
-    from rlpost.rl_steps import collect_groups, monitor_signals, prompt_pool, step_metrics
+    from rlpost.rl.actors import RLActors
+    from rlpost.rl.monitor import Monitor, with_judge
+    from rlpost.rl.steps import collect_groups, monitor_signals, prompt_pool, step_metrics
     from rlpost.tasks import VERIFIERS, make_problems
     from rlpost.tokenizer import load_tokenizer
     from rlpost.trainer import latest_checkpoint
-    from rlpost.weight_sync import WeightSyncTimeout
 
     check_path("model_path", cfg.model_path)
     if cfg.data.gsm8k:
@@ -150,7 +151,7 @@ def main(config_cls, train, name: str) -> None:
     acts on (a bad config, a broken reward function, a lost actor) as one line, not a traceback."""
     from rlpost.cache import apply_cache_env
     from rlpost.config import ConfigError, parse_config
-    from rlpost.reward_runner import RewardFunctionBroken
+    from rlpost.scoring.runner import RewardFunctionBroken
 
     apply_cache_env()
     try:

@@ -12,7 +12,7 @@ A `RewardSpec` names it by one of
 
 `load_reward_fn` imports and checks the function, raising `RewardLoadError` with
 the reference and what is wrong. It runs in the process that calls the function
-(`rlpost.reward_process`); everything else here is string and signature work that
+(`rlpost.scoring.process`); everything else here is string and signature work that
 imports no reward code.
 """
 

@@ -44,7 +44,13 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-from rlpost.reward_refs import RewardLoadError, accepted_columns, call_reward_fn, format_traceback, load_reward_fn
+from rlpost.scoring.references import (
+    RewardLoadError,
+    accepted_columns,
+    call_reward_fn,
+    format_traceback,
+    load_reward_fn,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +230,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 CHILD_BOOTSTRAP = (
     "import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
-    "from rlpost.reward_process import serve_reward_fn; "
+    "from rlpost.scoring.process import serve_reward_fn; "
     "serve_reward_fn(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
 )
 
@@ -236,7 +242,7 @@ CHILD_BOOTSTRAP = (
 class RewardProcess:
     """A persistent child process running one reward function, and its supervision.
 
-    `reference` must already be absolute (see `rlpost.reward_refs.absolute_reference`):
+    `reference` must already be absolute (see `rlpost.scoring.references.absolute_reference`):
     the child resolves it, possibly after the parent changed directory.
     """
 

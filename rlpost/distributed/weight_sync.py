@@ -10,7 +10,7 @@ and in buckets, planned once from the weights' names and shapes (`weight_specs`,
   its node's shared memory). The bytes never pass through the driver.
 * collective: the learner's rank 0 and the rollout engines form a small process group of their
   own and rank 0 broadcasts the buckets (gloo on CPU, NCCL on GPU). This module holds that side:
-  the group, the wire format, and the sender. The receiver lives in ``rlpost.rollout``.
+  the group, the wire format, and the sender. The receiver lives in ``rlpost.distributed.rollout``.
 
 The group never touches the default ``torch.distributed`` world: the learner already has its own
 DeepSpeed world and in-process vLLM initialises another one, so both ends build a private group

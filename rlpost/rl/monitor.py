@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlpost.config import ConfigError, doc
-from rlpost.reward_refs import RewardSpec, absolute_reference, unique_names
+from rlpost.scoring.references import RewardSpec, absolute_reference, unique_names
 
 ACTIONS = ("warn", "stop", "stop_keep_best")
 CANARY_KINDS = ("repeat", "empty", "echo")

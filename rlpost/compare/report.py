@@ -17,7 +17,7 @@
                      filtered by task and by which models got the problem right
 
 From the shell, for a run folder that already holds both inputs:
-    python -m rlpost.compare_report runs/compare
+    python -m rlpost.compare.report runs/compare
 """
 
 from __future__ import annotations
@@ -401,6 +401,6 @@ def write_report(run_dir: Path) -> dict[str, Path]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m rlpost.compare_report <run_dir with results.json and records.jsonl>")
+        sys.exit("usage: python -m rlpost.compare.report <run_dir with results.json and records.jsonl>")
     for name, written in write_report(Path(sys.argv[1])).items():
         print(f"{name}: {written}")

@@ -144,7 +144,7 @@ def hidden_score(prompt, response: str, answer: str) -> float:
 
 
 def hidden_preference_reward(prompts, completions, *, answer, **_columns) -> list[float]:
-    """`hidden_score` as a reward function ("rlpost.simulated_labeler:hidden_preference_reward"):
+    """`hidden_score` as a reward function ("rlpost.rlhf.simulated_labeler:hidden_preference_reward"):
     run at weight 0 it logs the hidden preference every step (reward/...) without training on it."""
     from rewards.base import completion_text
 

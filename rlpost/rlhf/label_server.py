@@ -1,7 +1,7 @@
 """The ranking page: a person orders K sampled responses per prompt, best to worst, in a browser.
 
-    python -m rlpost.label --config label.yaml [--labeler alice --prompts "{arithmetic: 50}"]
-    python -m rlpost.label --candidates runs/label/rankings.candidates.jsonl --out runs/label/rankings.jsonl \\
+    python -m rlpost.rlhf.label_server --config label.yaml [--labeler alice --prompts "{arithmetic: 50}"]
+    python -m rlpost.rlhf.label_server --candidates runs/label/rankings.candidates.jsonl --out runs/label/rankings.jsonl \\
         --labeler alice                       (serve candidates sampled earlier; no model needed)
 
 First the policy samples `k` responses per prompt in one engine call (`sample_candidates`); they
@@ -13,7 +13,7 @@ HTTP server (`LabelServer`) serves `label_page.html` and a JSON API:
     POST /api/skip        {"view"}: nothing is written; the prompt comes back after the others
     POST /api/unrankable  {"view", "note"?}: written as an "unrankable": true line
 
-Every ranking is one line of the rankings JSONL (rlpost/rankings.py), appended at once. Prompts
+Every ranking is one line of the rankings JSONL (rlpost/rlhf/rankings.py), appended at once. Prompts
 already in that file, ranked or unrankable, are never shown again, so stopping and starting
 again resumes where it stopped; a second answer for a prompt gets HTTP 409 and is not written.
 """
@@ -33,9 +33,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from rlpost.candidates import candidates_path_for, load_prompts, read_candidates, sample_candidates
-from rlpost.cluster import VLLMConfig
 from rlpost.config import ConfigError, check_path, doc, parse_config, section
+from rlpost.distributed.engine import VLLMConfig
+from rlpost.rlhf.candidates import candidates_path_for, load_prompts, read_candidates, sample_candidates
 
 PAGE = Path(__file__).with_name("label_page.html")
 TOKEN_HEADER = "X-Label-Token"
@@ -201,7 +201,7 @@ class LabelServer:
 
     def answer(self, action: str, body: dict) -> dict:
         """Apply 'submit', 'skip' or 'unrankable' to the prompt of `body["view"]`."""
-        from rlpost.rankings import append_ranking
+        from rlpost.rlhf.rankings import append_ranking
 
         with self.lock:
             if body.get("view") not in self.views:
