@@ -49,7 +49,7 @@ def grpo(name: str, model: Path, extra: list[str]) -> Path:
     run_dir = RUN / name
     if not (run_dir / "model").exists():
         run(["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(model),
-             "--run_dir", str(run_dir), "--steps", str(GRPO_STEPS), "--max_minutes", "0", *extra])  # fmt: skip
+             "--run_dir", str(run_dir), "--train.steps", str(GRPO_STEPS), "--train.max_minutes", "0", *extra])  # fmt: skip
     return run_dir / "model"
 
 

@@ -89,7 +89,7 @@ def rl(recipe: str, config: str, run_dir: Path, rm: Path, extra: list[str], minu
     shutil.rmtree(run_dir, ignore_errors=True)
     rewards = f"[{{name: reward_model, timeout_s: 300, kwargs: {{path: '{rm}', batch_size: 32}}}}, {{name: '{HIDDEN}', weight: 0}}]"
     args = [f"recipes/{recipe}.py", "--config", config, "--model_path", str(SFT_MODEL), "--run_dir", str(run_dir),
-            "--rewards.functions", rewards, "--max_minutes", str(minutes), "--logging.wandb_mode", "disabled", *extra]  # fmt: skip
+            "--rewards.functions", rewards, "--train.max_minutes", str(minutes), "--logging.wandb_mode", "disabled", *extra]  # fmt: skip
     print("$ python " + " ".join(args), flush=True)
     with open(f"{run_dir}.log", "w") as log:
         subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -223,7 +223,12 @@ def hacking() -> dict:
     for name, beta in (("no_kl", "0.0"), ("kl_0.2", "0.2")):
         run_dir = RUN / f"hacking_{name}"
         steps = rl(
-            "ppo", "recipes/configs/rlhf_tiny.yaml", run_dir, weak, [*monitor, "--algo.kl_coef", beta], minutes=15
+            "ppo",
+            "recipes/configs/rlhf_tiny.yaml",
+            run_dir,
+            weak,
+            [*monitor, "--algo.kl_reward_coef", beta],
+            minutes=15,
         )
         report[name] = {"kl_coef": float(beta), **hacking_report(steps, Path(f"{run_dir}.log"))}
         report[name]["plot"] = str((run_dir / "monitor.png").relative_to(ROOT))

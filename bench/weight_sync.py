@@ -55,11 +55,11 @@ SMOLLM2_ARGS = [
 ]
 # Shared by every run: no periodic eval or checkpoint, a small final eval, no wandb.
 COMMON_ARGS = [
-    "--eval_every",
+    "--train.eval_every",
     "0",
-    "--checkpoint_every",
+    "--train.checkpoint_every",
     "0",
-    "--max_minutes",
+    "--train.max_minutes",
     "0",
     "--eval.problems_per_task",
     "8",
@@ -149,8 +149,8 @@ def grpo_steps(model_path: Path, name: str, backend: str, extra: list[str]) -> d
 
     run_dir = RUN_ROOT / f"{name}_{backend}"
     shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends
-    cfg = grpo_config(model_path, run_dir, ["--steps", str(GRPO_STEPS), "--sync.backend", backend, *extra])
-    load_recipe("grpo").train(cfg)
+    cfg = grpo_config(model_path, run_dir, ["--train.steps", str(GRPO_STEPS), "--sync.backend", backend, *extra])
+    load_recipe("grpo").main(cfg)
     # A step whose groups all lacked signal made no update and so no sync: it is left out.
     steps = [m for m in read_metrics(run_dir) if m.get("time/sync")]
     sync = [round(m["time/sync"], 3) for m in steps]

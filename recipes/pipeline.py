@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = [
     ("pretrain", ["recipes/pretrain.py", "--config", "recipes/configs/pretrain_tiny.yaml"]),
     ("sft", ["recipes/sft.py", "--config", "recipes/configs/sft_tiny.yaml"]),
-    ("grpo", ["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--max_minutes", "4"]),
+    ("grpo", ["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--train.max_minutes", "4"]),
     ("compare", ["recipes/compare.py", "--config", "recipes/configs/compare_tiny.yaml"]),
 ]
 

@@ -24,17 +24,29 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from rlpost.config import load_recipe, section
-from rlpost.rl.critic import CriticConfig
-from rlpost.rl.ppo_steps import PPOAlgoConfig
-
-GRPOConfig = load_recipe("grpo").GRPOConfig
+from rlpost.config import ConfigError, check_path, section
+from rlpost.distributed.cluster import mean_over_ranks
+from rlpost.rl.config import RLConfig
+from rlpost.rl.critic import CriticConfig, check_critic_tokenizer
+from rlpost.rl.loop import rl_command, run
+from rlpost.rl.ppo_steps import PPOAlgoConfig, next_kl_coef, ppo_scores, ppo_targets
+from rlpost.rl.trajectory import Trajectory, unshard
 
 
 @dataclass
-class PPOConfig(GRPOConfig):
+class PPOConfig(RLConfig):
     algo: PPOAlgoConfig = section(PPOAlgoConfig)
     critic: CriticConfig = section(CriticConfig)
+
+    def validate(self):
+        super().validate()
+        if self.loss.kl_coef:
+            # One KL for PPO, in the reward (InstructGPT): a second one in the policy loss would
+            # pull towards the reference twice under two coefficients.
+            raise ConfigError(
+                f"loss.kl_coef: {self.loss.kl_coef} adds a KL term to the policy loss; PPO puts its KL in the "
+                "reward instead: set algo.kl_reward_coef (and leave loss.kl_coef at 0)"
+            )
 
 
 class PPO:
@@ -42,22 +54,21 @@ class PPO:
     the learner's steps. β is the state a checkpoint keeps."""
 
     name = "ppo"
+    refill_rounds = 0  # the critic is the baseline: every sample trains, no group is refilled
 
     def __init__(self, cfg: PPOConfig):
         self.cfg = cfg
-        self.kl_coef = cfg.algo.kl_coef
+        self.critic = cfg.critic
+        self.kl_coef = cfg.algo.kl_reward_coef
 
-    def update(self, actors, groups, step: int) -> tuple[dict, bool]:
-        from rlpost.distributed.cluster import mean_over_ranks
-        from rlpost.rl.learner import Trajectory, unshard
-        from rlpost.rl.ppo_steps import next_kl_coef, ppo_scores, ppo_targets
-
+    def update(self, actors, step_samples, step: int) -> tuple[dict, bool]:
         cfg, n = self.cfg, self.cfg.rollout.n
-        keep = [i for i, r in enumerate(groups.rewards) if r == r]  # samples no reward function scored: NaN
-        samples = [groups.samples[i] for i in keep]
+        rewards = step_samples.total_rewards
+        keep = [i for i, r in enumerate(rewards) if r == r]  # samples no reward function scored: NaN
+        samples = [step_samples.samples[i] for i in keep]
         trajectories = [  # advantages are filled in below, once the critic has spoken
             Trajectory(
-                groups.prompt_ids[i // n],
+                step_samples.prompt_ids[i // n],
                 s.token_ids,
                 s.logprobs,
                 s.loss_mask or [1] * len(s.token_ids),
@@ -74,7 +85,7 @@ class PPO:
         policy_lp, reference_lp = unshard([p for p, _ in per_rank]), unshard([r for _, r in per_rank])
         values = unshard(actors.critics.call("values", trajectories))
         metrics["time/logprobs_values"] = time.perf_counter() - t0
-        scores = ppo_scores([groups.rewards[i] for i in keep], [s.finish_reason == "length" for s in samples], cfg.algo)
+        scores = ppo_scores([rewards[i] for i in keep], [s.finish_reason == "length" for s in samples], cfg.algo)
         advantages, returns, targets = ppo_targets(
             policy_lp, reference_lp, values, [t.completion_mask for t in trajectories], scores, cfg.algo, self.kl_coef
         )
@@ -98,11 +109,7 @@ class PPO:
         self.kl_coef = state["kl_coef"]
 
 
-def train(cfg: PPOConfig) -> dict:
-    from rlpost.config import check_path
-    from rlpost.rl.critic import check_critic_tokenizer
-    from rlpost.rl.loop import run
-
+def main(cfg: PPOConfig) -> dict:
     if cfg.critic.init == "reward_model":
         check_path("critic.path", cfg.critic.path)
         check_critic_tokenizer(cfg.critic.path, cfg.model_path)
@@ -110,6 +117,4 @@ def train(cfg: PPOConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from rlpost.rl.loop import main
-
-    main(PPOConfig, train, "PPO")
+    rl_command(PPOConfig, main, "PPO")

@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from rlpost.cache import apply_cache_env
+
 
 class ConfigError(ValueError):
     """A config key or value that cannot be used; the message names the key."""
@@ -233,6 +235,20 @@ def load_config(cls: type, argv: list[str]) -> Any:
     for key, value in overrides:
         _set_dotted(tree, key, value)
     return build(cls, tree)
+
+
+def run_command(config_cls: type, main, errors: dict[type[Exception], str] | None = None) -> Any:
+    """Every recipe's command line: the cache folders, the config from YAML and dotted flags, then
+    `main(cfg)`, whose result is returned. A bad config, or an error of a kind in `errors` (mapped
+    to the prefix of its line), ends the process with one line a user acts on, not a traceback."""
+    errors = {ConfigError: "config error", **(errors or {})}
+    apply_cache_env()
+    try:
+        return main(parse_config(config_cls))
+    except tuple(errors) as error:
+        prefix = next(p for kind, p in errors.items() if isinstance(error, kind))
+        # An error raised in a Ray actor arrives wrapped; its `cause` is the original.
+        raise SystemExit(f"{prefix}: {getattr(error, 'cause', error)}") from None
 
 
 def load_recipe(name: str) -> types.ModuleType:

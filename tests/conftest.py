@@ -55,11 +55,11 @@ def grpo_recipe():
 
 # Two tiny GRPO steps; the length reward gives every group some spread, so updates are never empty.
 GRPO_TINY_ARGS = [
-    "--steps",
+    "--train.steps",
     "2",
-    "--eval_every",
+    "--train.eval_every",
     "2",
-    "--checkpoint_every",
+    "--train.checkpoint_every",
     "1",
     "--eval.problems_per_task",
     "8",
@@ -128,7 +128,7 @@ def train_on_random_tokens(actors, prompts) -> None:
     """One learner update on random completions with ±1 advantages: the weights surely move."""
     import random
 
-    from rlpost.rl.learner import Trajectory
+    from rlpost.rl.trajectory import Trajectory
 
     rng = random.Random(0)
     trajectories = [

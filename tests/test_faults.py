@@ -30,7 +30,14 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = 4  # GRPO_TINY_ARGS' rollout.prompts_per_step
 ARGS = [
-    *("--eval_every", "0", "--eval.max_new_tokens", "32", "--max_minutes", "0"),  # only the final evaluation
+    *(
+        "--train.eval_every",
+        "0",
+        "--eval.max_new_tokens",
+        "32",
+        "--train.max_minutes",
+        "0",
+    ),  # only the final evaluation
     # fp32 on both sides: the learner's logprobs then match the engine's exactly, so a restarted
     # engine still on model_path's weights would show.
     *("--vllm.dtype", "float32", "--deepspeed.bf16", "false"),
@@ -52,7 +59,7 @@ def args(tmp_path_factory) -> list[str]:
     """The runs' arguments after GRPO_TINY_ARGS."""
     path = tmp_path_factory.mktemp("rewards") / "shorter.py"
     path.write_text(SHORTER)
-    return [*ARGS, "--rewards.functions", f"[{{name: math}}, {{name: '{path}:shorter'}}]", "--steps", "3"]
+    return [*ARGS, "--rewards.functions", f"[{{name: math}}, {{name: '{path}:shorter'}}]", "--train.steps", "3"]
 
 
 def undisturbed_prompts(cfg, step: int) -> list:
@@ -110,7 +117,7 @@ def run_a(sft_run, ray_cluster, tmp_path_factory, args):
         mp.setattr(grpo.GRPO, "update", recording_update)
         mp.setattr(RLActors, "save_checkpoint", lose_learner_at_step_2)
         with pytest.raises(RuntimeError) as error:
-            grpo.train(cfg)
+            grpo.main(cfg)
     return run_dir, cfg, error.value, out.getvalue(), sampled, updates
 
 

@@ -42,7 +42,7 @@ def grpo_run(sft_run, ray_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("grpo")
     rewards = f"[{{name: math}}, {{name: '{user_dir}/my_rewards.py:brevity', weight: 0.5}}]"
     extra = ["--rewards.functions", rewards, "--algo.refill_rounds", "3"]
-    result = load_recipe("grpo").train(grpo_config(sft_run / "model", run_dir, extra))
+    result = load_recipe("grpo").main(grpo_config(sft_run / "model", run_dir, extra))
     return run_dir, result
 
 
@@ -158,12 +158,12 @@ def test_the_monitor_stops_a_run_whose_reward_pays_for_repetition(sft_run, ray_c
         f"{{name: '{tmp_path}/monitor_rewards.py:variety'}}",
         "--monitor.action",
         "stop_keep_best",
-        "--eval_every",
+        "--train.eval_every",
         "0",
-        "--checkpoint_every",
+        "--train.checkpoint_every",
         "0",
     ]
-    result = load_recipe("grpo").train(grpo_config(sft_run / "model", run_dir, extra))
+    result = load_recipe("grpo").main(grpo_config(sft_run / "model", run_dir, extra))
     assert result["steps"] == 1
     (m,) = [m for m in metrics(run_dir) if "cursor" in m]
     assert m["monitor/alarm/canary"] == 1 and m["monitor/canary/repeat"] == 1.0
@@ -184,7 +184,8 @@ def test_learner_with_kl_term_and_several_updates_per_batch(sft_run, ray_cluster
 
     from rlpost.cache import cache_env
     from rlpost.distributed.weight_sync import free_port
-    from rlpost.rl.learner import Learner, PolicyLossConfig, Trajectory
+    from rlpost.rl.learner import Learner, PolicyLossConfig
+    from rlpost.rl.trajectory import Trajectory
     from rlpost.trainer import DeepSpeedConfig, OptimConfig
 
     loss = PolicyLossConfig(kl_coef=0.1, ppo_epochs=2, mini_batches=2, micro_batch_size=3)

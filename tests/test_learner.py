@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from rlpost.rl.learner import Trajectory, pack, packed_logprobs
+from rlpost.rl.trajectory import Trajectory, pack, packed_logprobs
 from rlpost.trainer import token_logprobs
 
 

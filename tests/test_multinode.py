@@ -112,7 +112,7 @@ def test_roles_on_their_nodes_and_the_sync_reaches_the_other_node(sft_run, three
 def test_two_grpo_steps_across_three_nodes(sft_run, three_nodes, tmp_path):
     # The length reward gives groups a spread wherever their lengths differ.
     extra = [*MULTINODE_ARGS, "--rewards.functions", "[{name: length, weight: 1.0}]"]
-    result = load_recipe("grpo").train(grpo_config(sft_run / "model", tmp_path, extra))
+    result = load_recipe("grpo").main(grpo_config(sft_run / "model", tmp_path, extra))
     assert result["steps"] == 2
     where = json.loads((tmp_path / "placement.json").read_text())
     assert {role: set(nodes) for role, nodes in where["nodes"].items()} == {r: {n} for r, n in three_nodes.items()}

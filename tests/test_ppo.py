@@ -53,8 +53,8 @@ ADAPTIVE = [
 def ppo_run(sft_run, ray_cluster, tmp_path_factory):
     """3 steps; the first trains only the critic (warm-up)."""
     run_dir = tmp_path_factory.mktemp("ppo")
-    extra = ["--steps", "3", "--critic.warmup_steps", "1", *ADAPTIVE]
-    result = load_recipe("ppo").train(grpo_config(sft_run / "model", run_dir, extra, recipe="ppo"))
+    extra = ["--train.steps", "3", "--critic.warmup_steps", "1", *ADAPTIVE]
+    result = load_recipe("ppo").main(grpo_config(sft_run / "model", run_dir, extra, recipe="ppo"))
     return run_dir, result
 
 
@@ -110,11 +110,11 @@ def test_resume_continues_policy_critic_and_beta(ppo_run, sft_run):
     """Runs last: continues the 3-step run to step 4."""
     run_dir, _ = ppo_run
     before = [m for m in metrics(run_dir) if "critic/loss" in m]
-    result = load_recipe("ppo").train(
+    result = load_recipe("ppo").main(
         grpo_config(
             sft_run / "model",
             run_dir,
-            ["--steps", "4", "--resume", "--critic.warmup_steps", "1", *ADAPTIVE],
+            ["--train.steps", "4", "--resume", "--critic.warmup_steps", "1", *ADAPTIVE],
             recipe="ppo",
         )  # fmt: skip
     )

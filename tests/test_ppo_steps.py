@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlpost.config import ConfigError, load_config
-from rlpost.rl.learner import Trajectory, pack, shard, unshard
 from rlpost.rl.ppo_steps import PPOAlgoConfig, next_kl_coef, ppo_scores, ppo_targets
+from rlpost.rl.trajectory import Trajectory, pack, shard, unshard
 
 
 def test_scores_are_clipped_then_truncation_is_penalised():
@@ -54,8 +54,8 @@ def test_kl_coefficient_fixed_or_adaptive():
 def test_bad_ppo_settings_name_their_key():
     from rlpost.rl.critic import CriticConfig
 
-    with pytest.raises(ConfigError, match="algo.kl_estimator"):
-        load_config(PPOAlgoConfig, ["--kl_estimator", "k9"])
+    with pytest.raises(ConfigError, match="algo.kl_reward_estimator"):
+        load_config(PPOAlgoConfig, ["--kl_reward_estimator", "k9"])
     with pytest.raises(ConfigError, match="algo.gamma"):
         load_config(PPOAlgoConfig, ["--lam", "1.5"])
     with pytest.raises(ConfigError, match="critic.path"):

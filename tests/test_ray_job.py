@@ -112,9 +112,9 @@ def test_grpo_via_ray_job_submit(ray_head, sft_run, tmp_path):
         str(sft_run / "model"),
         "--run_dir",
         str(run_dir),
-        "--steps",
+        "--train.steps",
         "1",
-        "--eval_every",
+        "--train.eval_every",
         "0",
         "--rollout.prompts_per_step",
         "4",
@@ -164,9 +164,7 @@ def test_a_recipe_starts_its_own_cluster_while_another_runs_on_the_machine(ray_h
     another run) is up on this machine: ray.init alone would join that one and refuse num_cpus."""
     _, env = ray_head
     env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
-    code = (
-        "import ray; from rlpost.distributed.cluster import init_ray; init_ray(num_cpus=1); print(ray.cluster_resources()['CPU'])"
-    )
+    code = "import ray; from rlpost.distributed.cluster import init_ray; init_ray(num_cpus=1); print(ray.cluster_resources()['CPU'])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-1] == "1.0"  # its own one-CPU cluster, not the head's two CPUs

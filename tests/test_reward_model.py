@@ -191,9 +191,9 @@ def test_grpo_two_steps_with_the_learned_reward(reward_run, sft_run, ray_cluster
         sft_run / "model",
         tmp_path,
         [
-            "--eval_every",
+            "--train.eval_every",
             "0",
-            "--checkpoint_every",
+            "--train.checkpoint_every",
             "0",
             "--eval.problems_per_task",
             "4",
@@ -203,7 +203,7 @@ def test_grpo_two_steps_with_the_learned_reward(reward_run, sft_run, ray_cluster
             "1e-4",
         ],
     )
-    result = grpo.train(cfg)
+    result = grpo.main(cfg)
     assert result["steps"] == 2
     steps = [m for m in metrics(tmp_path) if "loss" in m]
     assert len(steps) == 2
@@ -218,10 +218,10 @@ def test_rlhf_two_ppo_steps_with_the_critic_from_the_reward_model(reward_run, sf
     """RLHF: PPO against the learned reward, its critic started from the same reward model."""
     rm = reward_run[0] / "model"
     rewards = f"[{{name: reward_model, timeout_s: 60, kwargs: {{path: '{rm}', batch_size: 8}}}}]"
-    extra = ["--eval_every", "0", "--checkpoint_every", "0", "--eval.problems_per_task", "4",
+    extra = ["--train.eval_every", "0", "--train.checkpoint_every", "0", "--eval.problems_per_task", "4",
              "--rewards.functions", rewards, "--critic.init", "reward_model", "--critic.path", str(rm),
              "--algo.score_clip", "3"]  # fmt: skip
-    result = load_recipe("ppo").train(grpo_config(sft_run / "model", tmp_path, extra, recipe="ppo"))
+    result = load_recipe("ppo").main(grpo_config(sft_run / "model", tmp_path, extra, recipe="ppo"))
     assert result["steps"] == 2
     steps = [m for m in metrics(tmp_path) if "loss" in m]
     assert len(steps) == 2

@@ -6,7 +6,8 @@ import pytest
 
 from rlpost.config import ConfigError, load_config
 from rlpost.distributed.rollout import Sample
-from rlpost.rl.steps import AlgoConfig, Groups, RolloutConfig, build_trajectories, problems_at, step_metrics
+from rlpost.rl.config import RolloutConfig
+from rlpost.rl.steps import GRPOAlgoConfig, StepSamples, build_trajectories, problems_at, step_metrics
 from rlpost.tasks import Problem
 
 ROLLOUT = RolloutConfig(n=2, prompts_per_step=2, max_new_tokens=4)
@@ -21,11 +22,11 @@ def _groups(rewards, samples=None, accuracy=None):
         Sample([9, 9], [-0.3, -0.4], "stop"),
     ]
     problems = [Problem("arithmetic", f"q{i}", "", "1") for i in range(len(samples) // 2)]
-    return Groups(
+    return StepSamples(
         problems=problems,
         prompt_ids=[[1, 2 + i] for i in range(len(problems))],
         samples=samples,
-        rewards=rewards,
+        total_rewards=rewards,
         accuracy=accuracy or [None] * len(samples),
         per_fn={"math": list(rewards)},
         failures={"math": 0},
@@ -33,7 +34,7 @@ def _groups(rewards, samples=None, accuracy=None):
 
 
 def test_group_advantages_broadcast_over_every_token_and_zero_variance_drop():
-    trajs, groups_trained = build_trajectories(_groups([1.0, 0.0, 0.5, 0.5]), AlgoConfig(), ROLLOUT)
+    trajs, groups_trained = build_trajectories(_groups([1.0, 0.0, 0.5, 0.5]), GRPOAlgoConfig(), ROLLOUT)
     # Group 0: rewards 1, 0 → GRPO advantages +1, -1 (population std 0.5); group 1 has no spread.
     assert trajs[0].advantages == pytest.approx([1.0, 1.0], abs=1e-4)
     assert trajs[1].advantages == pytest.approx([-1.0] * 4, abs=1e-4)
@@ -43,13 +44,13 @@ def test_group_advantages_broadcast_over_every_token_and_zero_variance_drop():
 
 def test_keep_zero_variance_groups_when_disabled():
     trajs, groups_trained = build_trajectories(
-        _groups([1.0, 0.0, 0.5, 0.5]), AlgoConfig(drop_zero_variance_groups=False), ROLLOUT
+        _groups([1.0, 0.0, 0.5, 0.5]), GRPOAlgoConfig(drop_zero_variance_groups=False), ROLLOUT
     )
     assert [t.advantages for t in trajs][2:] == [[0.0], [0.0, 0.0]] and groups_trained == 2
 
 
 def test_truncated_samples_masked_and_missing_rewards_excluded():
-    trajs, _ = build_trajectories(_groups([1.0, 0.0, math.nan, 0.5]), AlgoConfig(mask_truncated=True), ROLLOUT)
+    trajs, _ = build_trajectories(_groups([1.0, 0.0, math.nan, 0.5]), GRPOAlgoConfig(mask_truncated=True), ROLLOUT)
     # The truncated sample is masked out; the unrewarded sample is excluded; group 1 has one
     # valid reward left, so it carries no signal and is dropped too.
     assert len(trajs) == 1 and trajs[0].completion_ids == [5, 6]
@@ -61,7 +62,7 @@ def test_refill_rounds_merge_and_the_batch_is_trimmed_to_prompts_per_step():
     merged = _groups([1.0, 0.0, 0.5, 0.5], accuracy=[1.0, 0.0, 0.0, 0.0])
     merged.extend(_groups([0.0, 1.0, 1.0, 0.0], accuracy=[0.0, 1.0, 1.0, 0.0]))
     assert len(merged.problems) == 4 and len(merged.samples) == 8 and merged.per_fn["math"][4:] == [0, 1, 1, 0]
-    trajs, groups_trained = build_trajectories(merged, AlgoConfig(), ROLLOUT)
+    trajs, groups_trained = build_trajectories(merged, GRPOAlgoConfig(), ROLLOUT)
     assert groups_trained == 2 and len(trajs) == 4
     assert [t.prompt_ids for t in trajs] == [[1, 2], [1, 2], [1, 2], [1, 2]]  # groups 0 and 2
     assert trajs[2].completion_ids == [5, 6] and trajs[2].advantages[0] == pytest.approx(-1.0, abs=1e-4)
@@ -88,7 +89,7 @@ def test_problems_at_is_a_pure_function_of_the_cursor():
 def test_tool_output_stays_masked_in_the_trajectory():
     tool_sample = Sample([5, 6, 7, 8], [-0.1, 0.0, 0.0, -0.2], "stop", loss_mask=[1, 0, 0, 1], tool_calls=1)
     groups = _groups([1.0, 0.0], samples=[tool_sample, Sample([5], [-0.1], "stop")])
-    trajs, _ = build_trajectories(groups, AlgoConfig(), ROLLOUT)
+    trajs, _ = build_trajectories(groups, GRPOAlgoConfig(), ROLLOUT)
     assert trajs[0].completion_mask == [1, 0, 0, 1] and trajs[1].completion_mask == [1]
     m = step_metrics(groups, 2)
     assert m["tool/calls_per_sample"] == 0.5 and m["tool/samples_with_call_frac"] == 0.5
@@ -98,8 +99,8 @@ def test_rl_config_rejects_bad_values_by_key(grpo_recipe):
     cfg = grpo_recipe.GRPOConfig
     with pytest.raises(ConfigError, match="data.tasks: unknown task 'algebra'"):
         load_config(cfg, ["--data.tasks", "{algebra: 10}"])
-    with pytest.raises(ConfigError, match="checkpoint_every: must be 0 or more"):
-        load_config(cfg, ["--checkpoint_every", "-1"])
+    with pytest.raises(ConfigError, match="train.checkpoint_every: must be 0 or more"):
+        load_config(cfg, ["--train.checkpoint_every", "-1"])
     with pytest.raises(ConfigError, match="rollout.n: must be at least 1"):
         load_config(cfg, ["--rollout.n", "0"])
 

@@ -145,11 +145,11 @@ def test_grpo_with_the_tool(tool_sft_run, ray_cluster, tmp_path):
             "true",
             "--rewards.functions",
             "[{name: letter_count}, {name: length, weight: 0.5}]",
-            "--steps",
+            "--train.steps",
             "2",
-            "--eval_every",
+            "--train.eval_every",
             "2",
-            "--checkpoint_every",
+            "--train.checkpoint_every",
             "2",
             "--eval.problems_per_task",
             "8",
@@ -165,7 +165,7 @@ def test_grpo_with_the_tool(tool_sft_run, ray_cluster, tmp_path):
             "disabled",
         ],
     )
-    assert grpo.train(cfg)["steps"] == 2
+    assert grpo.main(cfg)["steps"] == 2
     steps = [m for m in metrics(tmp_path) if m["step"] in (1, 2) and "loss" in m]
     assert len(steps) == 2
     for m in steps:

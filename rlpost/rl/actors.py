@@ -16,6 +16,11 @@ from rlpost.config import ConfigError, doc
 from rlpost.distributed.cluster import ActorGroup, make_actor
 from rlpost.distributed.engine import start_rollout_workers
 from rlpost.distributed.placement import ROLES, bundle, check_resources, deepspeed_env, rendezvous
+from rlpost.distributed.weight_sync import wait_for_sync
+from rlpost.rl.critic import Critic
+from rlpost.rl.learner import Learner
+from rlpost.scoring.references import RewardLoadError, absolute_reference
+from rlpost.scoring.runner import RewardWorker
 
 
 @dataclass
@@ -51,21 +56,16 @@ class RLActors:
     workers (vLLM), reward workers and, for PPO, critic ranks (DeepSpeed, their own world), plus
     the weight transport from learner rank 0 to the engines.
 
-    `cfg` is an RL recipe's config (sections model_path, seed, optim, deepspeed, loss, rollout,
-    vllm, placement, sync, rewards, and `critic` for PPO); `verifiers` maps each task to the
+    `cfg` is an RL recipe's config (rlpost/rl/config.py: RLConfig), `critic` PPO's critic
+    section (None: no critic ranks); `verifiers` maps each task to the
     reward that checks it. `self.rendezvous` records, per process group (DeepSpeed worlds, the
     weight broadcast), the node, IP and port its store was given."""
 
-    def __init__(self, cfg, total_steps: int, verifiers: dict[str, str]):
+    def __init__(self, cfg, total_steps: int, verifiers: dict[str, str], critic=None):
         import ray
         from ray.util.placement_group import placement_group
 
-        from rlpost.rl.learner import Learner
-        from rlpost.scoring.references import RewardLoadError, absolute_reference
-        from rlpost.scoring.runner import RewardWorker
-
         p, v, world = cfg.placement, cfg.vllm, cfg.deepspeed.world_size
-        critic = getattr(cfg, "critic", None)
         custom = {role: p.resources.get(role, {}) for role in ROLES}
         bundles = {
             "learner": [bundle(p.learner_cpus, p.learner_gpus, custom["learner"])] * world,
@@ -88,7 +88,7 @@ class RLActors:
         # File references are made absolute here: a job's actors may run in another folder.
         specs = [replace(spec, name=absolute_reference(spec.name)) for spec in cfg.rewards.functions]
         self.learners = self.rollouts = self.critics = None
-        self.rewards = ActorGroup(
+        self.reward_workers = ActorGroup(
             [
                 make_actor(
                     RewardWorker, num_cpus=p.reward_cpus, bundle=(self.pgs["reward"], i), **RewardWorker.RAY_OPTIONS
@@ -97,7 +97,7 @@ class RLActors:
             ]
         )
         try:
-            self.rewards.call("start")
+            self.reward_workers.call("start")
         except RewardLoadError as error:
             self.shutdown()
             raise ConfigError(f"rewards.functions: {getattr(error, 'cause', error)}") from None
@@ -109,8 +109,6 @@ class RLActors:
             reference=critic is not None, **common,  # PPO's KL reward needs the reference's logprobs
         )  # fmt: skip
         if critic is not None:
-            from rlpost.rl.critic import Critic
-
             self.critics = self._deepspeed_world(
                 "critic", Critic, critic.num_cpus, critic.num_gpus,
                 critic.path if critic.init == "reward_model" else cfg.model_path, critic,
@@ -125,8 +123,6 @@ class RLActors:
         # on learner rank 0 for either backend: every sync sends the same layout.
         self.weight_specs = self.learners.call("init_weight_sync", v.dtype)[0]
         if self.sync_backend == "collective":
-            from rlpost.distributed.weight_sync import wait_for_sync
-
             self.rendezvous["weight_sync"] = rendezvous(self.pgs["learner"], 0, 1)
             _, master_addr, (port,) = self.rendezvous["weight_sync"]
             group_size = len(self.rollouts) + 1
@@ -183,7 +179,6 @@ class RLActors:
         cannot be interrupted from here and stay stuck: the caller's error path ends them with
         `shutdown` (and a driver that exits ends its actors with it).
         """
-        from rlpost.distributed.weight_sync import wait_for_sync
 
         t0 = time.perf_counter()
         timeout_s = self.sync_timeout_s
@@ -219,7 +214,7 @@ class RLActors:
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
-        for group in (self.rollouts, self.learners, self.critics, self.rewards):
+        for group in (self.rollouts, self.learners, self.critics, self.reward_workers):
             if group is not None:
                 group.kill()
         for pg in self.pgs.values():

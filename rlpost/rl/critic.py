@@ -18,7 +18,8 @@ import torch
 
 from rlpost.algorithms import value_loss
 from rlpost.config import ConfigError, doc
-from rlpost.rl.learner import Learner, Trajectory, length_sorted_parts, pack, shard, unpack
+from rlpost.rl.learner import Learner
+from rlpost.rl.trajectory import Trajectory, length_sorted_parts, pack, shard, unpack
 
 
 @dataclass
@@ -31,11 +32,6 @@ class CriticConfig:
     path: str = doc("The reward model folder when init is 'reward_model'.", "")
     lr: float = doc("The critic's learning rate (its own AdamW; the rest of `optim` is shared).", 1e-4)
     value_clip: float = doc("How far a value may move from its rollout-time value in one update (PPO2).", 0.2)
-    vf_coef: float = doc(
-        "Value-loss coefficient. The critic has its own optimizer, so this scales its gradient only "
-        "relative to grad clipping and Adam's epsilon.",
-        0.1,
-    )
     warmup_steps: int = doc("Steps that train only the critic before the policy moves.", 0)
     num_cpus: float = doc("CPUs per critic rank bundle (one per deepspeed.world_size rank).", 0.5)
     num_gpus: float = doc("GPUs per critic rank bundle.", 0.0)
@@ -138,4 +134,6 @@ class Critic(Learner):
             "value_loss": torch.where(mask, per_token.detach(), 0.0).sum().item(),
             "value_clip_frac": torch.where(mask, clipped, False).sum().item(),
         }
-        return self.critic_cfg.vf_coef * per_token, mask, stats
+        # No value-loss coefficient: the critic has its own optimizer, so one would only rescale
+        # the gradient against optim.grad_clip.
+        return per_token, mask, stats

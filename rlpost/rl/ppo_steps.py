@@ -13,10 +13,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
+from rlpost.algorithms import (
+    KL_ESTIMATORS,
+    adaptive_kl_coef,
+    explained_variance,
+    gae_advantages,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    token_rewards,
+)
 from rlpost.config import ConfigError, doc
 
 
@@ -24,8 +33,10 @@ from rlpost.config import ConfigError, doc
 class PPOAlgoConfig:
     gamma: float = doc("GAE discount over completion tokens.", 1.0)
     lam: float = doc("GAE λ (bias-variance trade-off of the advantage).", 0.95)
-    kl_coef: float = doc("β of the per-token reward -β·KL(policy ‖ reference); the start value when adaptive.", 0.05)
-    kl_estimator: str = doc("Per-token KL in the reward: 'k1' (log ratio, as InstructGPT), 'k2' or 'k3'.", "k1")
+    kl_reward_coef: float = doc(
+        "β of the per-token reward -β·KL(policy ‖ reference), PPO's only KL term; the start value when adaptive.", 0.05
+    )
+    kl_reward_estimator: str = doc("Per-token KL in the reward: 'k1' (log ratio, as InstructGPT), 'k2' or 'k3'.", "k1")
     adaptive_kl: bool = doc("Adapt β towards kl_target (Ziegler et al. 2019).", False)
     kl_target: float = doc("Target KL per sequence of the adaptive controller (nats).", 6.0)
     kl_horizon: int = doc("Horizon of the adaptive controller, in samples.", 10000)
@@ -34,19 +45,16 @@ class PPOAlgoConfig:
         "Subtracted from the score of a completion cut at max_new_tokens (the 'EOS trick'; 0: none).", 0.0
     )
     whiten_advantages: bool = doc("Whiten advantages over the batch's tokens (mean 0, std 1).", True)
-    # PPO's baseline is the critic, not the group: every sample is trained, no group is dropped.
-    drop_zero_variance_groups: ClassVar[bool] = False
-    refill_rounds: ClassVar[int] = 0
 
     def validate(self):
-        from rlpost.algorithms import KL_ESTIMATORS
-
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ConfigError(f"algo.kl_estimator: {self.kl_estimator!r} is not one of {list(KL_ESTIMATORS)}")
+        if self.kl_reward_estimator not in KL_ESTIMATORS:
+            raise ConfigError(
+                f"algo.kl_reward_estimator: {self.kl_reward_estimator!r} is not one of {list(KL_ESTIMATORS)}"
+            )
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ConfigError(f"algo.gamma and algo.lam: must be within [0, 1], got {self.gamma} and {self.lam}")
-        if self.kl_coef < 0 or self.score_clip < 0:
-            raise ConfigError("algo.kl_coef and algo.score_clip: must be 0 or more")
+        if self.kl_reward_coef < 0 or self.score_clip < 0:
+            raise ConfigError("algo.kl_reward_coef and algo.score_clip: must be 0 or more")
         if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon <= 0):
             raise ConfigError("algo.kl_target and algo.kl_horizon: must be above 0 with adaptive_kl")
 
@@ -76,18 +84,9 @@ def ppo_targets(policy_lp, reference_lp, values, masks, scores, cfg: PPOAlgoConf
     score on the last one; GAE runs over sampled tokens only (tool output is skipped), returns =
     advantages + values, and the advantages are whitened over the batch. Returns
     (advantages, returns, metrics) with lists per sample."""
-    from rlpost.algorithms import (
-        explained_variance,
-        gae_advantages,
-        kl_penalty,
-        masked_mean,
-        masked_whiten,
-        token_rewards,
-    )
-
     mask = padded(masks).bool()
     policy, reference, value = padded(policy_lp), padded(reference_lp), padded(values)
-    kl = torch.where(mask, kl_penalty(policy, reference, cfg.kl_estimator), 0.0)
+    kl = torch.where(mask, kl_penalty(policy, reference, cfg.kl_reward_estimator), 0.0)
     rewards = token_rewards(kl, scores, mask, kl_coef)
     advantages, returns = gae_advantages(rewards, value, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
@@ -110,8 +109,6 @@ def ppo_targets(policy_lp, reference_lp, values, masks, scores, cfg: PPOAlgoConf
 
 def next_kl_coef(coef: float, kl_per_sequence: float, samples: int, cfg: PPOAlgoConfig) -> float:
     """β for the next step: unchanged, or moved by the adaptive controller."""
-    from rlpost.algorithms import adaptive_kl_coef
-
     if not cfg.adaptive_kl or not math.isfinite(kl_per_sequence):
         return coef
     return adaptive_kl_coef(coef, kl_per_sequence, cfg.kl_target, cfg.kl_horizon, samples)

@@ -4,15 +4,15 @@
     rollouts    sample_groups(actors, ...)            n samples per prompt from the vLLM engines
     rewards     score(actors, ...)                    reward workers: weighted total, verifier, errors
                 collect_groups(...)                   the two above, in refill rounds, merged
-    advantages  build_trajectories(groups, ...)       group advantages broadcast over each sample's
+    advantages  build_trajectories(samples, ...)       group advantages broadcast over each sample's
                                                       tokens, filtered and trimmed for the learner
     update      actors.learners.call("train", ...)    rlpost/rl/learner.py
     sync        actors.sync_weights()                 rlpost/rl/actors.py
-    metrics     step_metrics(groups, ...)             computed once from the step's merged samples
-    monitor     monitor_signals(groups, ...)          what rlpost/rl/monitor.py reads; the canaries
+    metrics     step_metrics(samples, ...)             computed once from the step's merged samples
+    monitor     monitor_signals(samples, ...)          what rlpost/rl/monitor.py reads; the canaries
                                                       and the judge are scored in collect_groups
 
-The config sections these pieces read live here too.
+Their config sections live in rlpost/rl/config.py; GRPO's `algo` section beside build_trajectories.
 """
 
 from __future__ import annotations
@@ -25,75 +25,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlpost.algorithms import ADVANTAGE_ESTIMATORS, truncation_mask, zero_variance_groups
+from rlpost.chat import prompt_ids
 from rlpost.config import ConfigError, doc
+from rlpost.data import load_gsm8k
 from rlpost.distributed.rollout import Sample
-from rlpost.scoring.references import RewardSpec
-from rlpost.tasks import TASKS, Problem
-
-
-@dataclass
-class RLData:
-    tasks: dict[str, int] = doc(
-        "Answer-only practice problems (the 'rl' split, never SFT or held-out ones) per synthetic task; "
-        "the pool is cycled in shuffled epochs.",
-        {"arithmetic": 20000},
-    )
-    gsm8k: str = doc("Optional GSM8K source (local .jsonl[.gz] file/folder or hub name) added to the prompt pool.", "")
-
-    def validate(self):
-        unknown = sorted(set(self.tasks) - set(TASKS))
-        if unknown:
-            raise ConfigError(f"data.tasks: unknown task {unknown[0]!r}; valid tasks: {sorted(TASKS)}")
-
-
-@dataclass
-class RolloutConfig:
-    n: int = doc("Samples per prompt (the GRPO group size).", 8)
-    prompts_per_step: int = doc("Prompts per step (each sampled n times).", 32)
-    max_new_tokens: int = doc("Longest completion in tokens (also the loss normaliser of Dr. GRPO).", 128)
-    temperature: float = doc("Sampling temperature.", 1.0)
-    top_p: float = doc("Nucleus sampling threshold.", 1.0)
-
-    def validate(self):
-        for key in ("n", "prompts_per_step", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"rollout.{key}: must be at least 1, got {getattr(self, key)}")
-
-
-@dataclass
-class AlgoConfig:
-    advantage: str = doc(
-        "'grpo' (group mean/std), 'drgrpo' (group mean only, Liu et al. 2025) or 'rloo' (leave-one-out).", "grpo"
-    )
-    drop_zero_variance_groups: bool = doc(
-        "Dynamic sampling (DAPO): drop groups whose rewards all agree (no signal).", True
-    )
-    refill_rounds: int = doc(
-        "Extra sampling rounds to refill dropped groups up to prompts_per_step (0: train on fewer).", 0
-    )
-    mask_truncated: bool = doc(
-        "Overlong filtering (DAPO): leave samples cut off at max_new_tokens out of the loss. "
-        "DAPO's soft length penalty is the `overlong` reward.",
-        False,
-    )
-
-    def validate(self):
-        from rlpost.algorithms import ADVANTAGE_ESTIMATORS
-
-        if self.advantage not in ADVANTAGE_ESTIMATORS:
-            raise ConfigError(f"algo.advantage: {self.advantage!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        if self.refill_rounds < 0:
-            raise ConfigError(f"algo.refill_rounds: must be 0 or more, got {self.refill_rounds}")
-
-
-@dataclass
-class RewardsConfig:
-    functions: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="math")])
-    num_workers: int = doc("Reward worker actors.", 1)
-    default_reward: float | None = doc(
-        "Reward of a sample no function scored (None: excluded from the advantage).", None
-    )
-
+from rlpost.rl.config import RLConfig, RLData, RolloutConfig
+from rlpost.rl.monitor import Canary, StepSignals, canary_texts, judge_name
+from rlpost.rl.trajectory import Trajectory
+from rlpost.tasks import Problem, make_problems
+from rlpost.tokenizer import decode_completions, stop_token_ids
 
 # ---------------------------------------------------------------------------------------------
 # Prompts
@@ -101,8 +42,6 @@ class RewardsConfig:
 
 def prompt_pool(data: RLData) -> list[Problem]:
     """Answer-only practice problems: the 'rl' split of each task (never SFT or held-out ones)."""
-    from rlpost.data import load_gsm8k
-    from rlpost.tasks import make_problems
 
     pool = [p for task, count in data.tasks.items() for p in make_problems(task, "rl", count)]
     if data.gsm8k:
@@ -130,13 +69,13 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 @dataclass
-class Groups:
+class StepSamples:
     """The sampled groups of one step, flat and group-contiguous: sample i answers problem i // n."""
 
     problems: list[Problem] = field(default_factory=list)  # one per group
     prompt_ids: list[list[int]] = field(default_factory=list)  # one per group
     samples: list[Sample] = field(default_factory=list)  # n per group
-    rewards: list[float] = field(default_factory=list)  # weighted total; NaN: no function gave one
+    total_rewards: list[float] = field(default_factory=list)  # weighted total; NaN: no function gave one
     accuracy: list[float | None] = field(default_factory=list)  # the task verifier's score
     per_fn: dict[str, list[float | None]] = field(default_factory=dict)  # each function's raw values
     failures: dict[str, int] = field(default_factory=dict)  # samples each function failed on
@@ -144,11 +83,11 @@ class Groups:
     judge: list[float | None] = field(default_factory=list)  # the monitor's judge per sample; empty: none
     canaries: list = field(default_factory=list)  # hacking_monitor.Canary, beside the first groups
 
-    def extend(self, other: Groups) -> None:
+    def extend(self, other: StepSamples) -> None:
         self.problems += other.problems
         self.prompt_ids += other.prompt_ids
         self.samples += other.samples
-        self.rewards += other.rewards
+        self.total_rewards += other.total_rewards
         self.accuracy += other.accuracy
         self.texts += other.texts
         self.judge += other.judge
@@ -175,8 +114,6 @@ def sample_groups(actors, tokenizer, problems: list[Problem], cfg: RolloutConfig
 
     A worker that dies meanwhile is restarted by Ray, given the learner's weights and asked for
     the same prompts again, so the batch stays whole and the data cursor does not move."""
-    from rlpost.chat import prompt_ids
-    from rlpost.tokenizer import stop_token_ids
 
     ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
     kwargs = dict(
@@ -238,12 +175,12 @@ def score(actors, problems: list[Problem], num_tokens: list[int], texts: list[st
         "num_tokens": list(num_tokens),
         "max_tokens": [max_tokens] * len(flat),
     }
-    chunks = _split(list(range(len(flat))), len(actors.rewards))
+    chunks = _split(list(range(len(flat))), len(actors.reward_workers))
     refs = [
         worker.score.remote(
             [flat[i].prompt for i in idx], [texts[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()}
         )
-        for worker, idx in zip(actors.rewards.actors, chunks)
+        for worker, idx in zip(actors.reward_workers.actors, chunks)
         if idx
     ]
     results = ray.get(refs)
@@ -258,21 +195,19 @@ def score(actors, problems: list[Problem], num_tokens: list[int], texts: list[st
     return rewards, accuracy, per_fn, failures, [e for res in results for e in res.errors]
 
 
-def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: set) -> tuple[Groups, int, dict]:
-    """Sample and score `rollout.prompts_per_step` prompts; with `algo.refill_rounds`, sample
-    that many more prompts per round until enough groups carry a signal. Returns the merged
+def collect_groups(
+    actors, tokenizer, pool: list, cursor: int, cfg: RLConfig, reported: set, refill_rounds: int = 0
+) -> tuple[StepSamples, int, dict]:
+    """Sample and score `rollout.prompts_per_step` prompts; with `refill_rounds` (GRPO's dynamic
+    sampling), sample that many more prompts per round until enough groups carry a signal. Returns the merged
     groups of every round, the advanced cursor, and the phase timings.
 
     Reward errors are printed once per (function, kind) over the run (`reported` remembers)."""
-    from rlpost.algorithms import zero_variance_groups
-    from rlpost.rl.monitor import judge_name
-    from rlpost.tokenizer import decode_completions
 
-    groups, timings = Groups(), {"time/rollout": 0.0, "time/tool": 0.0, "time/reward": 0.0}
+    step_samples, timings = StepSamples(), {"time/rollout": 0.0, "time/tool": 0.0, "time/reward": 0.0}
     judge = judge_name(cfg)
-    monitor = getattr(cfg, "monitor", None)
     with_signal = 0
-    for round_index in range(1 + cfg.algo.refill_rounds):
+    for round_index in range(1 + refill_rounds):
         problems = problems_at(pool, cursor, cfg.rollout.prompts_per_step, cfg.seed)
         cursor += len(problems)
         t0 = time.perf_counter()
@@ -288,7 +223,7 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
         judged = _take_judge(judge, per_fn)
         timings["time/reward"] += time.perf_counter() - t0
         canaries = []
-        if round_index == 0 and monitor is not None and monitor.enabled and monitor.canaries:
+        if round_index == 0 and cfg.monitor.enabled and cfg.monitor.canaries:
             t0 = time.perf_counter()
             canaries, canary_errors = score_canaries(actors, tokenizer, problems, texts, cfg, judge)
             errors += canary_errors
@@ -297,13 +232,15 @@ def collect_groups(actors, tokenizer, pool: list, cursor: int, cfg, reported: se
             if (error.function, error.kind) not in reported:
                 reported.add((error.function, error.kind))
                 print(f"reward function failed (first of its kind; counted in reward/<name>/failures): {error}")
-        groups.extend(Groups(problems, ids, samples, rewards, accuracy, per_fn, failures, texts, judged, canaries))
-        if not cfg.algo.drop_zero_variance_groups:
+        step_samples.extend(
+            StepSamples(problems, ids, samples, rewards, accuracy, per_fn, failures, texts, judged, canaries)
+        )
+        if not refill_rounds:
             break
         with_signal += int((~zero_variance_groups(torch.tensor(rewards), cfg.rollout.n)).sum())
         if with_signal >= cfg.rollout.prompts_per_step:
             break
-    return groups, cursor, timings
+    return step_samples, cursor, timings
 
 
 def _take_judge(judge: str | None, per_fn: dict) -> list:
@@ -316,7 +253,6 @@ def score_canaries(actors, tokenizer, problems: list[Problem], texts: list[str],
     """The monitor's canaries of the first `monitor.canary_prompts` problems (`texts`: the
     samples of every problem, `rollout.n` each), scored by the reward workers like samples: one
     small extra batch per step. Returns the canaries with their rewards, and the `RewardError`s."""
-    from rlpost.rl.monitor import Canary, canary_texts
 
     n, problems = cfg.rollout.n, problems[: cfg.monitor.canary_prompts]
     canaries = [
@@ -344,35 +280,57 @@ def _prompt_text(prompt) -> str:
 # Advantages
 
 
-def build_trajectories(groups: Groups, algo: AlgoConfig, rollout: RolloutConfig):
+@dataclass
+class GRPOAlgoConfig:
+    advantage: str = doc(
+        "'grpo' (group mean/std), 'drgrpo' (group mean only, Liu et al. 2025) or 'rloo' (leave-one-out).", "grpo"
+    )
+    drop_zero_variance_groups: bool = doc(
+        "Dynamic sampling (DAPO): drop groups whose rewards all agree (no signal).", True
+    )
+    refill_rounds: int = doc(
+        "Extra sampling rounds to refill dropped groups up to prompts_per_step (0: train on fewer).", 0
+    )
+    mask_truncated: bool = doc(
+        "Overlong filtering (DAPO): leave samples cut off at max_new_tokens out of the loss. "
+        "DAPO's soft length penalty is the `overlong` reward.",
+        False,
+    )
+
+    def validate(self):
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
+            raise ConfigError(f"algo.advantage: {self.advantage!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.refill_rounds < 0:
+            raise ConfigError(f"algo.refill_rounds: must be 0 or more, got {self.refill_rounds}")
+
+
+def build_trajectories(step_samples: StepSamples, algo: GRPOAlgoConfig, rollout):
     """Advantages per sample, broadcast over its tokens, as the trajectories the learner trains on.
 
     Left out of the loss: samples without a reward, groups with no signal (dynamic sampling),
     truncated samples with `mask_truncated`, and groups beyond `prompts_per_step` (refill rounds
     may bring more). Returns (trajectories, number of groups trained on)."""
-    from rlpost.algorithms import ADVANTAGE_ESTIMATORS, truncation_mask, zero_variance_groups
-    from rlpost.rl.learner import Trajectory
 
     n = rollout.n
-    rewards = torch.tensor(groups.rewards, dtype=torch.float32)
+    rewards = torch.tensor(step_samples.total_rewards, dtype=torch.float32)
     advantages = ADVANTAGE_ESTIMATORS[algo.advantage](rewards, n)
     keep = ~torch.isnan(rewards)
     if algo.drop_zero_variance_groups:
         keep &= ~zero_variance_groups(rewards, n).repeat_interleave(n)
     if algo.mask_truncated:
-        keep &= ~truncation_mask([s.finish_reason for s in groups.samples])
+        keep &= ~truncation_mask([s.finish_reason for s in step_samples.samples])
     group_kept = keep.view(-1, n).any(dim=1)
     group_kept &= group_kept.cumsum(0) <= rollout.prompts_per_step
     keep &= group_kept.repeat_interleave(n)
     trajectories = [
         Trajectory(
-            groups.prompt_ids[i // n],
+            step_samples.prompt_ids[i // n],
             s.token_ids,
             s.logprobs,
             s.loss_mask or [1] * len(s.token_ids),
             [float(advantages[i])] * len(s.token_ids),
         )
-        for i, s in enumerate(groups.samples)
+        for i, s in enumerate(step_samples.samples)
         if keep[i]
     ]
     return trajectories, int(group_kept.sum())
@@ -387,45 +345,43 @@ def _mean(values: list) -> float:
     return sum(given) / len(given) if given else math.nan
 
 
-def step_metrics(groups: Groups, n: int) -> dict:
+def step_metrics(step_samples: StepSamples, n: int) -> dict:
     """What the step's samples say, computed once from every round's samples together."""
-    from rlpost.algorithms import zero_variance_groups
 
-    rewards = torch.tensor(groups.rewards, dtype=torch.float32)
+    rewards = torch.tensor(step_samples.total_rewards, dtype=torch.float32)
     given = rewards[~torch.isnan(rewards)]
-    lengths = torch.tensor([len(s.token_ids) for s in groups.samples], dtype=torch.float32)
-    calls = torch.tensor([float(s.tool_calls) for s in groups.samples])
+    lengths = torch.tensor([len(s.token_ids) for s in step_samples.samples], dtype=torch.float32)
+    calls = torch.tensor([float(s.tool_calls) for s in step_samples.samples])
     metrics = {
-        "accuracy": _mean(groups.accuracy),
+        "accuracy": _mean(step_samples.accuracy),
         "reward/mean": float(given.mean()) if len(given) else math.nan,
         "reward/std": float(given.std(correction=0)) if len(given) else math.nan,
-        "groups_sampled": len(groups.problems),
+        "groups_sampled": len(step_samples.problems),
         "response_len/mean": float(lengths.mean()),
         "response_len/max": int(lengths.max()),
-        "truncated_frac": _mean([float(s.finish_reason == "length") for s in groups.samples]),
+        "truncated_frac": _mean([float(s.finish_reason == "length") for s in step_samples.samples]),
         "tool/calls_per_sample": float(calls.mean()),
         "tool/samples_with_call_frac": float((calls > 0).float().mean()),
     }
     if n > 1:  # groups whose rewards all agree carry no signal for a group baseline
         metrics["groups_dropped_frac"] = float(zero_variance_groups(rewards, n).float().mean())
-    for name, values in groups.per_fn.items():
+    for name, values in step_samples.per_fn.items():
         metrics[f"reward/{name}"] = _mean(values)
-        metrics[f"reward/{name}/failures"] = groups.failures.get(name, 0)
+        metrics[f"reward/{name}/failures"] = step_samples.failures.get(name, 0)
     return metrics
 
 
-def monitor_signals(groups: Groups, n: int, kl: float | None):
+def monitor_signals(step_samples: StepSamples, n: int, kl: float | None):
     """What the reward-hacking monitor reads from the step (`kl`: the learner's estimate, if any)."""
-    from rlpost.rl.monitor import StepSignals
 
     return StepSignals(
-        texts=groups.texts,
-        prompts=[_prompt_text(p.prompt) for p in groups.problems],
-        rewards=groups.rewards,
-        num_tokens=[len(s.token_ids) for s in groups.samples],
-        truncated=[s.finish_reason == "length" for s in groups.samples],
+        texts=step_samples.texts,
+        prompts=[_prompt_text(p.prompt) for p in step_samples.problems],
+        rewards=step_samples.total_rewards,
+        num_tokens=[len(s.token_ids) for s in step_samples.samples],
+        truncated=[s.finish_reason == "length" for s in step_samples.samples],
         group_size=n,
-        canaries=groups.canaries,
-        judge=groups.judge,
+        canaries=step_samples.canaries,
+        judge=step_samples.judge,
         kl=kl,
     )
