@@ -36,9 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def build_random_model(out_dir: str, vocab: int = 4096) -> str:
     """A random tied Llama like the project's tiny presets, with a small byte-level tokenizer."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    from rlpost.model import random_llama
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -53,21 +54,9 @@ def build_random_model(out_dir: str, vocab: int = 4096) -> str:
     PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     ).save_pretrained(out_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=256,
-        intermediate_size=672,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+    model = random_llama(vocab, 256, layers=4, heads=4, intermediate_size=672, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=2)  # fmt: skip
+    model.save_pretrained(out_dir)
     return out_dir
 
 
@@ -207,6 +196,44 @@ def in_child(target, *args) -> dict:
     return result
 
 
+def measure(args, prompts: list, metrics: dict) -> None:
+    """transformers' generate, then each vLLM mode, each in its own process; the tokens per
+    second of each and its ratio to transformers go into `metrics`."""
+    print("transformers generate ...", flush=True)
+    hf = in_child(run_hf, args, prompts)
+    hf_tok_s = hf["tokens"] / statistics.median(hf["times_s"])
+    metrics.update(
+        hf_tokens=hf["tokens"],
+        hf_times_s=[round(t, 2) for t in hf["times_s"]],
+        hf_torch_threads=hf["torch_threads"],
+        hf_tok_s=round(hf_tok_s, 1),
+    )
+    print(f"  {hf_tok_s:.0f} tok/s", flush=True)
+
+    for mode in [m for m in args.modes.split(",") if m]:
+        print(f"vLLM {mode} ...", flush=True)
+        r = in_child(run_vllm, args, prompts, mode)
+        if r["tokens"] != hf["tokens"]:
+            raise RuntimeError(f"token counts differ: vLLM {r['tokens']} vs HF {hf['tokens']}")
+        tok_s = r["tokens"] / statistics.median(r["times_s"])
+        metrics.update(
+            {
+                f"vllm_{mode}_tok_s": round(tok_s, 1),
+                f"vllm_{mode}_ratio_vs_hf": round(tok_s / hf_tok_s, 2),
+                f"vllm_{mode}_times_s": [round(t, 2) for t in r["times_s"]],
+                f"vllm_{mode}_start_s": round(r["start_s"], 1),
+                f"vllm_{mode}_torch_threads": r["torch_threads"],
+                f"vllm_{mode}_sync_object_store_ms": r["sync_object_store_ms"],
+                f"vllm_{mode}_sync_gloo_broadcast_ms": r["sync_gloo_broadcast_ms"],
+            }
+        )
+        print(
+            f"  {tok_s:.0f} tok/s ({tok_s / hf_tok_s:.2f}x), start {r['start_s']:.1f} s, "
+            f"sync {r['sync_object_store_ms']} / gloo {r['sync_gloo_broadcast_ms']} ms",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="HF Llama folder (default: random tiny)")
@@ -258,40 +285,7 @@ def main() -> None:
         "threads": args.threads,
         "max_num_seqs": args.max_num_seqs or "vllm default",
     }
-    print("transformers generate ...", flush=True)
-    hf = in_child(run_hf, args, prompts)
-    hf_tok_s = hf["tokens"] / statistics.median(hf["times_s"])
-    metrics.update(
-        hf_tokens=hf["tokens"],
-        hf_times_s=[round(t, 2) for t in hf["times_s"]],
-        hf_torch_threads=hf["torch_threads"],
-        hf_tok_s=round(hf_tok_s, 1),
-    )
-    print(f"  {hf_tok_s:.0f} tok/s", flush=True)
-
-    for mode in [m for m in args.modes.split(",") if m]:
-        print(f"vLLM {mode} ...", flush=True)
-        r = in_child(run_vllm, args, prompts, mode)
-        if r["tokens"] != hf["tokens"]:
-            raise RuntimeError(f"token counts differ: vLLM {r['tokens']} vs HF {hf['tokens']}")
-        tok_s = r["tokens"] / statistics.median(r["times_s"])
-        metrics.update(
-            {
-                f"vllm_{mode}_tok_s": round(tok_s, 1),
-                f"vllm_{mode}_ratio_vs_hf": round(tok_s / hf_tok_s, 2),
-                f"vllm_{mode}_times_s": [round(t, 2) for t in r["times_s"]],
-                f"vllm_{mode}_start_s": round(r["start_s"], 1),
-                f"vllm_{mode}_torch_threads": r["torch_threads"],
-                f"vllm_{mode}_sync_object_store_ms": r["sync_object_store_ms"],
-                f"vllm_{mode}_sync_gloo_broadcast_ms": r["sync_gloo_broadcast_ms"],
-            }
-        )
-        print(
-            f"  {tok_s:.0f} tok/s ({tok_s / hf_tok_s:.2f}x), start {r['start_s']:.1f} s, "
-            f"sync {r['sync_object_store_ms']} / gloo {r['sync_gloo_broadcast_ms']} ms",
-            flush=True,
-        )
-
+    measure(args, prompts, metrics)
     metrics["load_avg_before"] = [round(x, 2) for x in load_before]
     metrics["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)

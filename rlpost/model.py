@@ -54,6 +54,26 @@ def new_model(preset: str, tokenizer, **overrides):
     return LlamaForCausalLM(config)
 
 
+def random_llama(vocab_size: int, hidden_size: int = 16, layers: int = 1, heads: int = 2, seed: int = 0, **config):
+    """A randomly initialised LlamaForCausalLM of any small shape, for tests and benches (the MLP
+    is `intermediate_size` wide, 2 × hidden by default); `config` goes to LlamaConfig."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config.setdefault("intermediate_size", 2 * hidden_size)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            **config,
+        )
+    )
+
+
 def num_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

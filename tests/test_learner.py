@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from rlpost.model import random_llama
 from rlpost.rl.trajectory import Trajectory, pack, packed_logprobs
 from rlpost.trainer import token_logprobs
 
@@ -31,19 +32,7 @@ def test_pack_places_each_token_advantage_at_its_logprob_column():
 def test_packed_batch_cut_at_its_last_completion_token_keeps_every_logprob():
     # The learner cuts each micro-batch to its longest sample; with right padding and causal
     # attention the logprobs of the tokens it keeps must not change.
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=32,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    ).eval()
+    model = random_llama(vocab_size=32).eval()
     short = Trajectory([1, 2, 3], [4, 5], [-0.1, -0.2], [1, 1], [1.0, 1.0])
     long = Trajectory([1, 2], [6, 7, 8, 9, 10, 11], [-0.1] * 6, [1] * 6, [-1.0] * 6)
     batch = pack([short, long], pad_id=0)

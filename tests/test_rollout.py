@@ -30,6 +30,7 @@ from rlpost.distributed.weight_sync import (  # noqa: E402
     put_buckets,
     weight_specs,
 )
+from rlpost.model import random_llama  # noqa: E402
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
@@ -46,7 +47,7 @@ EOS_ID = 1
 def build_tiny_model(out_dir: str, tie: bool, seed: int = 0) -> str:
     """A random LlamaForCausalLM (+ byte-level BPE tokenizer) saved as a plain HF folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -61,24 +62,12 @@ def build_tiny_model(out_dir: str, tie: bool, seed: int = 0) -> str:
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
     hf_tok.save_pretrained(out_dir)
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(hf_tok),
-        hidden_size=256,
-        intermediate_size=672,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        tie_word_embeddings=tie,
-        bos_token_id=0,
-        eos_token_id=EOS_ID,
-        pad_token_id=2,
-        # Wider init than the default 0.02 so the random model's next-token distributions are
-        # peaked: near-ties would make greedy comparisons hinge on the last float bit.
-        initializer_range=0.1,
-    )
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+    # Wider init than the default 0.02 so the random model's next-token distributions are
+    # peaked: near-ties would make greedy comparisons hinge on the last float bit.
+    model = random_llama(len(hf_tok), 256, layers=4, heads=4, seed=seed, intermediate_size=672,
+                         max_position_embeddings=512, tie_word_embeddings=tie, bos_token_id=0,
+                         eos_token_id=EOS_ID, pad_token_id=2, initializer_range=0.1)  # fmt: skip
+    model.save_pretrained(out_dir)
     return out_dir
 
 

@@ -14,22 +14,11 @@ from rlpost.distributed.weight_sync import (
     receive_broadcast,
     weight_specs,
 )
+from rlpost.model import random_llama
 
 
 def tiny_llama(tie: bool):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-    )
-    return LlamaForCausalLM(config)
+    return random_llama(vocab_size=64, tie_word_embeddings=tie)
 
 
 def test_engine_dtype_falls_back_to_float32_without_bf16_arithmetic():
