@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 
+from rlpost.data import read_jsonl
 from rlpost.tokenizer import ASSISTANT_END, ASSISTANT_START, OUTPUT_END, OUTPUT_START, USER_END, USER_START
 
 ROLES = ("system", "user", "assistant")
@@ -70,8 +71,6 @@ def read_conversations(path: str) -> list[list[dict]]:
     """Read a JSONL file of {"messages": [{"role", "content"}, ...]} records.
 
     A bad line fails with the file name and line number, before any training starts."""
-    from rlpost.data import read_jsonl
-
     conversations = []
     for lineno, record in read_jsonl(path):
         messages = record.get("messages") if isinstance(record, dict) else None

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlpost.config import doc
+from rlpost.config import ConfigError, doc
 
 BENCH_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
@@ -25,8 +25,6 @@ class LoggingConfig:
 
     def validate(self):
         if self.wandb_mode not in ("offline", "online", "disabled"):
-            from rlpost.config import ConfigError
-
             raise ConfigError(
                 f"logging.wandb_mode: {self.wandb_mode!r} is not one of ['offline', 'online', 'disabled']"
             )

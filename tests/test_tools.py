@@ -170,5 +170,5 @@ def test_grpo_with_the_tool(tool_sft_run, ray_cluster, tmp_path):
     assert len(steps) == 2
     for m in steps:
         assert m["tool/calls_per_sample"] > 0 and m["time/tool"] > 0
-        assert 0.0 <= m["reward/letter_count"] <= 1.0
+        assert m["reward/letter_count/failures"] == 0  # the verifier scored every sample
         assert m["train_tokens"] > 0

@@ -86,8 +86,6 @@ class VLLMConfig:
 
     def actor_env(self) -> dict[str, str]:
         """Environment variables of a rollout worker actor (set before vLLM is imported)."""
-        from rlpost.distributed.engine import rollout_env
-
         # Without an explicit thread count Ray would leave an engine with a fractional CPU share
         # one OpenMP thread: a third slower rollouts on 2 cores than with both.
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.num_workers)
@@ -97,7 +95,7 @@ class VLLMConfig:
 def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0, bundles=None) -> ActorGroup:
     """`cfg.num_workers` RolloutWorker actors on `model_path`, ready to generate; `bundles` gives
     each its (placement group, bundle index)."""
-    from rlpost.distributed.rollout import RolloutWorker
+    from rlpost.distributed.rollout import RolloutWorker  # here: rollout.py imports this module
 
     cfg.validate()  # configs built in code (not from YAML) are checked here, before any engine starts
     # GPU-only engine arguments: a CPU engine keeps the arguments its speed and tests were measured with.

@@ -43,6 +43,8 @@ from datetime import timedelta
 
 import torch
 
+from rlpost.model import bf16_is_native
+
 WeightSpec = tuple[str, tuple[int, ...], str]
 
 # Tensors are packed into flat byte buckets so one broadcast carries many small tensors (gloo's
@@ -81,8 +83,6 @@ def engine_dtype(dtype: str, bf16_native: bool | None = None) -> str:
     if dtype != "bfloat16":
         return dtype
     if bf16_native is None:
-        from rlpost.model import bf16_is_native
-
         bf16_native = bf16_is_native()
     return "bfloat16" if bf16_native else "float32"
 

@@ -20,6 +20,8 @@ from rlpost.algorithms import value_loss
 from rlpost.config import ConfigError, doc
 from rlpost.rl.learner import Learner
 from rlpost.rl.trajectory import Trajectory, length_sorted_parts, pack, shard, unpack
+from rlpost.rlhf.reward_model import reward_model_from_lm
+from rlpost.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -60,9 +62,6 @@ def check_critic_tokenizer(critic_path: str, policy_path: str) -> None:
 def critic_model(path: str, init: str):
     """A scalar-head model on the backbone at `path`; from a causal LM its head starts at zero,
     so the first values are 0 rather than noise."""
-    from rlpost.rlhf.reward_model import reward_model_from_lm
-    from rlpost.tokenizer import load_tokenizer
-
     model = reward_model_from_lm(path, load_tokenizer(path))
     if init == "policy":
         torch.nn.init.zeros_(model.score.weight)

@@ -21,9 +21,28 @@ from dataclasses import dataclass
 
 import torch
 
-from rlpost.algorithms import kl_penalty, loss_count, loss_sum, ppo_clip_loss, truncated_importance_weights
-from rlpost.config import doc
+from rlpost.algorithms import (
+    KL_ESTIMATORS,
+    LOSS_AGG_MODES,
+    kl_penalty,
+    loss_count,
+    loss_sum,
+    ppo_clip_loss,
+    truncated_importance_weights,
+)
+from rlpost.config import ConfigError, doc
+from rlpost.distributed.weight_sync import (
+    broadcast_weights,
+    create_weight_group,
+    engine_dtype,
+    plan_buckets,
+    put_buckets,
+    to_dtype,
+    weight_specs,
+)
+from rlpost.model import load_model
 from rlpost.rl.trajectory import Trajectory, length_sorted_parts, pack, packed_logprobs, shard, unpack
+from rlpost.tokenizer import load_tokenizer
 from rlpost.trainer import DeepSpeedConfig, DeepSpeedTrainer, OptimConfig, token_logprobs
 
 
@@ -50,9 +69,6 @@ class PolicyLossConfig:
     )
 
     def validate(self):
-        from rlpost.algorithms import KL_ESTIMATORS, LOSS_AGG_MODES
-        from rlpost.config import ConfigError
-
         if self.loss_agg not in LOSS_AGG_MODES:
             raise ConfigError(f"loss.loss_agg: {self.loss_agg!r} is not one of {list(LOSS_AGG_MODES)}")
         if self.kl_estimator not in KL_ESTIMATORS:
@@ -87,9 +103,6 @@ class Learner:
         """`reference`: also load the frozen starting policy for `logprobs` (PPO's KL reward);
         it is loaded anyway when the loss has a KL term. `model`: train this prebuilt model
         instead of the causal LM at `model_path` (PPO's critic)."""
-        from rlpost.model import load_model
-        from rlpost.tokenizer import load_tokenizer
-
         self.rank, self.world_size, self.loss_cfg = rank, deepspeed.world_size, loss
         # The 'seq-mean-token-sum-norm' normaliser: the generation length limit (Dr. GRPO).
         self.max_new_tokens = max_new_tokens
@@ -278,8 +291,6 @@ class Learner:
         engines' dtype (`dtype` is vllm.dtype, resolved as the engines resolve it), and their
         buckets. Every rank must call (ZeRO-3 gathers). Returns the specs on rank 0 (None
         elsewhere): the receivers of a broadcast need them, and they never change."""
-        from rlpost.distributed.weight_sync import engine_dtype, plan_buckets, to_dtype, weight_specs
-
         with self.trainer.gathered_weights() as weights:
             specs = weight_specs(weights, to_dtype(engine_dtype(dtype)))
         if self.rank != 0:
@@ -293,8 +304,6 @@ class Learner:
         engines' dtype, and returns only their refs (None elsewhere): the bytes go from this
         process to the engines without passing through the driver. Every rank must call (ZeRO-3
         gathers)."""
-        from rlpost.distributed.weight_sync import put_buckets
-
         with self.trainer.gathered_weights() as weights:
             if self.rank != 0:
                 return None
@@ -305,8 +314,6 @@ class Learner:
     def init_weight_group(self, master_addr: str, master_port: int, world_size: int, backend: str) -> None:
         """Rank 0 joins the rollout workers' weight-broadcast group (the other ranks have no part
         in it); the rollout workers must be joining at the same time."""
-        from rlpost.distributed.weight_sync import create_weight_group
-
         if self.rank == 0:
             self.weight_group = create_weight_group(master_addr, master_port, 0, world_size, backend)
 
@@ -314,8 +321,6 @@ class Learner:
         """Rank 0 broadcasts the current weights to the rollout workers' group, bucket by bucket
         in the engines' dtype, from one gather; every rank must call (ZeRO-3 gathers). Returns
         seconds."""
-        from rlpost.distributed.weight_sync import broadcast_weights
-
         t0 = time.perf_counter()
         with self.trainer.gathered_weights() as weights:
             if self.rank == 0:

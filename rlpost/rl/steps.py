@@ -199,11 +199,10 @@ def collect_groups(
     actors, tokenizer, pool: list, cursor: int, cfg: RLConfig, reported: set, refill_rounds: int = 0
 ) -> tuple[StepSamples, int, dict]:
     """Sample and score `rollout.prompts_per_step` prompts; with `refill_rounds` (GRPO's dynamic
-    sampling), sample that many more prompts per round until enough groups carry a signal. Returns the merged
-    groups of every round, the advanced cursor, and the phase timings.
+    sampling), sample that many more prompts per round until enough groups carry a signal.
+    Returns the merged samples of every round, the advanced cursor, and the phase timings.
 
     Reward errors are printed once per (function, kind) over the run (`reported` remembers)."""
-
     step_samples, timings = StepSamples(), {"time/rollout": 0.0, "time/tool": 0.0, "time/reward": 0.0}
     judge = judge_name(cfg)
     with_signal = 0

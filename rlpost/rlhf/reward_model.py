@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from rlpost.chat import prompt_messages, template_ids
+
 CARD = "reward_card.json"
 SCORE_RULE = (
     "the score head's value at the last token of prompt + response rendered as a chat with the "
@@ -31,8 +33,6 @@ SCORE_RULE = (
 
 def render(tokenizer, prompt: str | list[dict], response: str, max_tokens: int) -> list[int]:
     """Token ids the score is read from (see the module docstring)."""
-    from rlpost.chat import prompt_messages, template_ids
-
     messages = [*prompt_messages(prompt), {"role": "assistant", "content": response}]
     return template_ids(tokenizer, messages)[-max_tokens:]
 

@@ -27,6 +27,7 @@ import re
 from fractions import Fraction
 
 from rewards.answers import last_answer_phrase
+from rewards.base import completion_text
 from rewards.math import score_math
 from rlpost.tasks import STEP
 
@@ -146,8 +147,6 @@ def hidden_score(prompt, response: str, answer: str) -> float:
 def hidden_preference_reward(prompts, completions, *, answer, **_columns) -> list[float]:
     """`hidden_score` as a reward function ("rlpost.rlhf.simulated_labeler:hidden_preference_reward"):
     run at weight 0 it logs the hidden preference every step (reward/...) without training on it."""
-    from rewards.base import completion_text
-
     return [hidden_score(p, completion_text(c), a) for p, c, a in zip(prompts, completions, answer)]
 
 
