@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_recipe
+
+from rlpost.config import load_recipe
 
 compare = load_recipe("compare")
 

@@ -90,8 +90,9 @@ RECIPE_OF_CONFIG = {  # a config file's prefix → its recipe and the recipe's c
 def test_every_shipped_config_loads_and_validates():
     """Every YAML under recipes/configs/ parses and validates against its recipe's dataclass
     (named by the file's prefix), and sets only keys the recipe has."""
-    from conftest import ROOT, load_recipe
+    from helpers import ROOT
 
+    from rlpost.config import load_recipe
     from rlpost.rlhf.label_server import LabelConfig
 
     configs = sorted((ROOT / "recipes/configs").glob("*.yaml"))
@@ -126,7 +127,7 @@ def check_gpu_preset(name: str, cfg) -> None:
 
 
 def test_gpu_presets_exist():
-    from conftest import ROOT
+    from helpers import ROOT
 
     names = {path.stem for path in (ROOT / "recipes/configs").glob("*_gpu_*.yaml")}
     assert {"grpo_gpu_1node", "grpo_gpu_2node"} <= names

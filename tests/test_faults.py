@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GRPO_TINY_ARGS, ROOT, grpo_config, load_recipe, metrics
+from helpers import GRPO_TINY_ARGS, ROOT, grpo_config, metrics
+
+from rlpost.config import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import (
+from helpers import (
     assert_a_busy_engine_times_the_sync_out,
     engine_greedy,
     grpo_config,
@@ -35,7 +35,7 @@ def brevity(prompts, completions, **columns):
 
 @pytest.fixture(scope="module")
 def grpo_run(sft_run, ray_cluster, tmp_path_factory):
-    from conftest import load_recipe
+    from rlpost.config import load_recipe
 
     user_dir = tmp_path_factory.mktemp("user_rewards")
     (user_dir / "my_rewards.py").write_text(USER_REWARD)
@@ -147,7 +147,7 @@ def test_the_monitor_stops_a_run_whose_reward_pays_for_repetition(sft_run, ray_c
     """The repeated-word canary outscores the policy's samples at once: with stop_keep_best the run
     ends after step 1 and keeps the policy that sampled it (the judge's only, so best, step). The
     judge, a weight-0 reward function, is logged as monitor/judge and left out of the reward."""
-    from conftest import load_recipe
+    from rlpost.config import load_recipe
 
     (tmp_path / "monitor_rewards.py").write_text(MONITOR_REWARDS)
     run_dir = tmp_path / "run"

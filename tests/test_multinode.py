@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import (
+from helpers import (
     assert_a_busy_engine_times_the_sync_out,
     engine_greedy,
     grpo_config,

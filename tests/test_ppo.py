@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import grpo_config, load_recipe, metrics
+from helpers import grpo_config, metrics
+
+from rlpost.config import load_recipe
 
 pytestmark = pytest.mark.slow
 

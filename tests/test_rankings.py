@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED_DATA
+from helpers import ROOT, SHARED_DATA
 
 from rlpost.rlhf.rankings import (
     Ranking,

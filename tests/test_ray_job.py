@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, metrics
+from helpers import ROOT, metrics
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import PRETRAIN_ARGS, ROOT, metrics, run_recipe
+from helpers import PRETRAIN_ARGS, ROOT, metrics, run_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,9 @@ import math
 import re
 
 import pytest
-from conftest import grpo_config, load_recipe, metrics, run_recipe
+from helpers import grpo_config, metrics, run_recipe
+
+from rlpost.config import load_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +168,7 @@ def test_a_bad_rankings_line_stops_before_training(pretrained, tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(

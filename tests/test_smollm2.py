@@ -60,9 +60,9 @@ def test_loads_with_new_score_head(folder):
 def test_compared_with_the_tiny_model_on_gsm8k_through_its_own_chat_template(folder, sft_run, ray_cluster, tmp_path):
     """SmolLM2 through the comparison recipe: its own chat template and stop token in vLLM, its
     answers decoded without control tokens and scored, beside the tiny SFT model."""
-    from conftest import ROOT, load_recipe
+    from helpers import ROOT
 
-    from rlpost.config import load_config
+    from rlpost.config import load_config, load_recipe
 
     compare = load_recipe("compare")
     args = ["--config", "recipes/configs/compare_tiny.yaml", "--run_dir", str(tmp_path),

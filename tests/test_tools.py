@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import metrics
+from helpers import metrics
 
 from rlpost.distributed.rollout import _tool_code
 from rlpost.distributed.tools import PythonTool, ToolConfig, output_text, repl_program
@@ -125,9 +125,7 @@ def test_sft_reports_accuracy_with_and_without_the_tool(tool_sft_run):
 
 @pytest.mark.slow
 def test_grpo_with_the_tool(tool_sft_run, ray_cluster, tmp_path):
-    from conftest import load_recipe
-
-    from rlpost.config import load_config
+    from rlpost.config import load_config, load_recipe
 
     grpo = load_recipe("grpo")
     cfg = load_config(
