@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlpost.config import section
+from rlpost.config import ConfigError, section
 from rlpost.distributed.cluster import mean_over_ranks
 from rlpost.rl.config import RLConfig
 from rlpost.rl.loop import rl_command, run
@@ -28,6 +28,14 @@ from rlpost.rl.steps import GRPOAlgoConfig, build_trajectories
 @dataclass
 class GRPOConfig(RLConfig):
     algo: GRPOAlgoConfig = section(GRPOAlgoConfig)
+
+    def validate(self):
+        super().validate()
+        if self.async_.max_staleness and self.algo.refill_rounds:
+            raise ConfigError(
+                "algo.refill_rounds: refilling a step samples more prompts while the learner waits; "
+                "it needs async.max_staleness 0"
+            )
 
 
 class GRPO:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import keyword
 import sys
 import types
 import typing
@@ -125,10 +126,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp!r}")
 
 
+def config_key(field_name: str) -> str:
+    """A field's key in YAML and flags: its name, less the trailing underscore of a name that would
+    be a Python keyword (the field `async_` is the section `async`)."""
+    bare = field_name.removesuffix("_")
+    return bare if field_name.endswith("_") and keyword.iskeyword(bare) else field_name
+
+
 def build(cls: type, values: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys by name."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {config_key(f.name): f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in values if k not in fields]
     if unknown:
         raise ConfigError(
@@ -139,13 +147,13 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
     for name, v in values.items():
         f = fields[name]
         if (
-            dataclasses.is_dataclass(hints[name])
+            dataclasses.is_dataclass(hints[f.name])
             and isinstance(v, dict)
             and f.default_factory is not dataclasses.MISSING
         ):
             # A partly given section keeps this recipe's defaults for the keys it leaves out.
             v = {**to_dict(f.default_factory()), **v}
-        kwargs[name] = _coerce(v, hints[name], prefix + name)
+        kwargs[f.name] = _coerce(v, hints[f.name], prefix + name)
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -156,8 +164,15 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
     return obj
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Any) -> Any:
+    """A config as plain YAML-ready values, keyed as in YAML (`config_key`)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {config_key(f.name): to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -177,14 +192,14 @@ def _help(cls: type, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            lines += _help(tp, prefix + f.name + ".")
+            lines += _help(tp, prefix + config_key(f.name) + ".")
             continue
         default = (
             f.default
             if f.default is not dataclasses.MISSING
             else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         )
-        lines.append(f"  --{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+        lines.append(f"  --{prefix}{config_key(f.name)} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
     return lines
 
 

@@ -51,6 +51,11 @@ class SyncConfig:
             raise ConfigError(f"sync.timeout_s: must be more than 0, got {self.timeout_s}")
 
 
+# Attempts after a rollout worker dies (Ray restarts it, up to the actor's max_restarts) before
+# the step gives up.
+ROLLOUT_RETRIES = 3
+
+
 class RLActors:
     """The RL run's actors, one placement group per role: learner ranks (DeepSpeed), rollout
     workers (vLLM), reward workers and, for PPO, critic ranks (DeepSpeed, their own world), plus
@@ -185,8 +190,7 @@ class RLActors:
         if self.sync_backend == "object_store":
             put = {"learner rank": self.learners.submit("put_weights")}  # every rank: ZeRO-3 gathers
             refs = wait_for_sync(put, "object_store", timeout_s, t0)["learner rank"][0]
-            loads = {"rollout worker": self.rollouts.submit("update_weights", refs)}
-            wait_for_sync(loads, "object_store", timeout_s, t0)
+            self._load_engines(refs, t0)
         else:
             calls = {
                 "rollout worker": self.rollouts.submit("receive_weights", self.weight_specs),
@@ -194,6 +198,31 @@ class RLActors:
             }
             wait_for_sync(calls, "collective", timeout_s, t0)
         return time.perf_counter() - t0
+
+    def _load_engines(self, refs: list, start: float) -> None:
+        """Every engine loads the weight buckets `refs` (object store). An engine lost meanwhile
+        is waited for (Ray restarts it) and loads them again, up to ROLLOUT_RETRIES times, so a
+        sync survives an engine that dies in it."""
+        import ray
+
+        loads = self.rollouts.submit("update_weights", refs)
+        try:
+            wait_for_sync({"rollout worker": loads}, "object_store", self.sync_timeout_s, start)
+            return
+        except ray.exceptions.RayActorError:
+            pass
+        for index, ref in enumerate(loads):
+            for attempt in range(ROLLOUT_RETRIES + 1):
+                try:
+                    ray.get(ref)
+                    break
+                except ray.exceptions.RayActorError as error:
+                    if attempt == ROLLOUT_RETRIES:
+                        raise
+                    print(f"warning: rollout worker {index} died during a weight sync ({type(error).__name__}); "
+                          "waiting for its restart to load the weights again", flush=True)  # fmt: skip
+                    self.wait_restarted(index)
+                    ref = self.rollouts[index].update_weights.remote(refs)
 
     def save_checkpoint(self, run_dir: str | Path, step: int, state: dict) -> None:
         """Checkpoint the policy (with the loop's `state`) and the critic, if any. The critic's is
@@ -223,6 +252,16 @@ class RLActors:
     def resync_rollout(self, index: int) -> None:
         """Wait until rollout worker `index` is back after a restart and give it the learner's
         current weights (a restarted actor re-runs its constructor, which loads model_path)."""
+        self.wait_restarted(index)
+        if self.sync_backend != "object_store":
+            # The new engine is outside the broadcast group, which is formed once, with every
+            # engine, at start; from now on the object store carries every sync.
+            print("warning: a rollout engine restarted; weight syncs go through the object store from now on")
+            self.sync_backend = "object_store"
+        self.sync_weights()  # the other engines get the weights they hold: a rare, cheap repeat
+
+    def wait_restarted(self, index: int) -> None:
+        """Return once rollout worker `index` answers again (Ray restarts a lost one)."""
         import ray
 
         worker = self.rollouts[index]
@@ -235,9 +274,3 @@ class RLActors:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        if self.sync_backend != "object_store":
-            # The new engine is outside the broadcast group, which is formed once, with every
-            # engine, at start; from now on the object store carries every sync.
-            print("warning: a rollout engine restarted; weight syncs go through the object store from now on")
-            self.sync_backend = "object_store"
-        self.sync_weights()  # the other engines get the weights they hold: a rare, cheap repeat

@@ -76,6 +76,21 @@ class RewardsConfig:
 
 
 @dataclass
+class AsyncConfig:
+    max_staleness: int = doc(
+        "Asynchronous RL: how many policy updates older than the learner a trained sample may be. 0: "
+        "on-policy (the engines wait while the learner trains). N >= 1: the engines sample the next N "
+        "batches while the learner trains, each sample tagged with the policy version that sampled it; "
+        "the loss corrects with loss.tis_cap (truncated importance sampling against the engine's logprobs).",
+        0,
+    )
+
+    def validate(self):
+        if self.max_staleness < 0:
+            raise ConfigError(f"async.max_staleness: must be 0 or more, got {self.max_staleness}")
+
+
+@dataclass
 class RLConfig:
     model_path: str = doc("Policy to start from: an HF folder (e.g. the SFT model).", "runs/sft_tiny/model")
     run_dir: str = doc("Output folder of this run.", "runs/grpo_tiny")
@@ -95,10 +110,22 @@ class RLConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(problems_per_task=200))
     logging: LoggingConfig = section(LoggingConfig)
     monitor: MonitorConfig = section(MonitorConfig)
+    async_: AsyncConfig = section(AsyncConfig)  # `async` in YAML and flags
 
     def validate(self):
         if self.sync.every > 1 and self.loss.tis_cap <= 0:
             raise ConfigError(
                 f"sync.every: {self.sync.every} lets the engines sample with weights older than the learner's; "
                 "set loss.tis_cap (e.g. 2.0) so the learner corrects for it"
+            )
+        staleness = self.async_.max_staleness
+        if staleness and self.sync.every > 1:
+            raise ConfigError(
+                f"async.max_staleness: {staleness} and sync.every: {self.sync.every} are two ways of sampling with "
+                "older weights; use one (async keeps the engines busy while the learner trains)"
+            )
+        if staleness and self.loss.tis_cap <= 0:
+            raise ConfigError(
+                f"async.max_staleness: {staleness} trains on samples of older policies; set loss.tis_cap "
+                "(e.g. 2.0) so the learner corrects for it"
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from pathlib import Path
 
 from rlpost.config import check_path, run_command, save_config, to_dict
@@ -24,10 +25,19 @@ from rlpost.distributed.cluster import init_ray
 from rlpost.distributed.weight_sync import WeightSyncTimeout
 from rlpost.evaluate import evaluate
 from rlpost.metrics import MetricsLogger
-from rlpost.rl.actors import RLActors
+from rlpost.rl.actors import ROLLOUT_RETRIES, RLActors
 from rlpost.rl.config import RLConfig
 from rlpost.rl.monitor import Monitor, with_judge
-from rlpost.rl.steps import collect_groups, monitor_signals, prompt_pool, step_metrics
+from rlpost.rl.steps import (
+    Rollouts,
+    collect_groups,
+    gather_rollouts,
+    monitor_signals,
+    problems_at,
+    prompt_pool,
+    step_metrics,
+    submit_rollouts,
+)
 from rlpost.scoring.runner import RewardFunctionBroken
 from rlpost.tasks import VERIFIERS, make_problems
 from rlpost.tokenizer import load_tokenizer
@@ -46,7 +56,11 @@ class RLRun:
         self.run_dir = Path(cfg.run_dir)
         self.held_out = [p for t in cfg.data.tasks for p in make_problems(t, "eval", cfg.eval.problems_per_task)]
         self.logger = MetricsLogger(self.run_dir, cfg.logging, algorithm.name, config=to_dict(cfg))
-        self.step, self.cursor = 0, 0
+        self.step, self.cursor = 0, 0  # the cursor after the last trained batch (what a checkpoint keeps)
+        self.version = 0  # the policy's version: learner updates so far
+        self.engine_version = 0  # the version the engines hold (their last sync)
+        self.updates_since_sync = 0  # learner updates the engines have not received yet
+        self.in_flight: deque[Rollouts] = deque()  # asynchronous RL: batches the engines were given
         self.reported_errors: set = set()  # (reward function, error kind) printed once per run
         if cfg.resume:
             self._resume()
@@ -56,34 +70,84 @@ class RLRun:
     def _resume(self) -> None:
         state = self.actors.load_latest(self.run_dir)
         if state is not None:
-            self.step, self.cursor = state["step"], state["cursor"]
+            self.step, self.cursor, self.version = state["step"], state["cursor"], state.get("version", state["step"])
             self.algorithm.load_state(state)
             self.actors.sync_weights()  # the engines start from model_path; give them the resumed policy
+            self.engine_version = self.version
             print(f"resumed from step {self.step}")
 
     def evaluate_held_out(self) -> dict:
-        result = evaluate(self.actors.rollouts[0], self.tokenizer, self.held_out, self.cfg.eval, tools=self.cfg.tools)
-        return {f"eval/{t}": r["accuracy"] for t, r in result.items() if t != "transcripts"}
+        """Held-out accuracy per task through rollout worker 0, which is restarted and given the
+        learner's weights again if it dies meanwhile."""
+        from ray.exceptions import RayActorError
+
+        for attempt in range(ROLLOUT_RETRIES + 1):
+            try:
+                result = evaluate(self.actors.rollouts[0], self.tokenizer, self.held_out, self.cfg.eval,
+                                  tools=self.cfg.tools)  # fmt: skip
+                return {f"eval/{t}": r["accuracy"] for t, r in result.items() if t != "transcripts"}
+            except RayActorError as error:
+                if attempt == ROLLOUT_RETRIES:
+                    raise
+                print(f"warning: rollout worker 0 died during evaluation ({type(error).__name__}); evaluating again")
+                self.actors.resync_rollout(0)
 
     def save_checkpoint(self) -> None:
-        self.actors.save_checkpoint(self.run_dir, self.step, {"cursor": self.cursor, **self.algorithm.state()})
+        # Batches still in flight are not in the cursor: a resumed run samples them again.
+        state = {"cursor": self.cursor, "version": self.version, **self.algorithm.state()}
+        self.actors.save_checkpoint(self.run_dir, self.step, state)
+
+    def submit_ahead(self) -> Rollouts:
+        """Asynchronous RL: the next batch for this step, and the engines given the batches after it,
+        up to `async.max_staleness` ahead, to sample while the learner trains."""
+        cfg = self.cfg
+        while len(self.in_flight) < 1 + cfg.async_.max_staleness:
+            start = self.in_flight[-1].cursor if self.in_flight else self.cursor
+            problems = problems_at(self.pool, start, cfg.rollout.prompts_per_step, cfg.seed)
+            self.in_flight.append(
+                submit_rollouts(
+                    self.actors,
+                    self.tokenizer,
+                    problems,
+                    cfg.rollout,
+                    cfg.tools,
+                    cursor=start + len(problems),
+                    version=self.version,
+                )  # fmt: skip
+            )
+        return self.in_flight.popleft()
 
     def train_step(self) -> dict:
         """One step: collect scored samples, update, monitor, sync, and the periodic eval/checkpoint."""
         cfg, actors, t_step = self.cfg, self.actors, time.perf_counter()
-        step_samples, self.cursor, metrics = collect_groups(
-            actors, self.tokenizer, self.pool, self.cursor, cfg, self.reported_errors, self.algorithm.refill_rounds
-        )
+        submitted = self.submit_ahead() if cfg.async_.max_staleness else None
+        step_samples, self.cursor, metrics = collect_groups(actors, self.tokenizer, self.pool, self.cursor, cfg,
+                                                            self.reported_errors, self.algorithm.refill_rounds, submitted)  # fmt: skip
+        sampled_by = submitted.version if submitted else self.engine_version
+        staleness = self.version - sampled_by
+        if staleness > max(cfg.async_.max_staleness, cfg.sync.every - 1):  # the schedule makes this impossible
+            raise RuntimeError(f"samples of policy version {sampled_by} reached the learner at version {self.version}")
         metrics.update(step_metrics(step_samples, cfg.rollout.n), cursor=self.cursor)
-        # Before the update: the learner still holds the policy that sampled what the judge scored.
-        self.monitor.keep_if_best(self.step + 1, step_samples.judge)
+        metrics.update({"staleness/mean": float(staleness), "staleness/max": staleness})
+        if staleness == 0:  # before the update the learner holds the very policy the judge scored
+            self.monitor.keep_if_best(self.step + 1, step_samples.judge)
         update_metrics, policy_moved = self.algorithm.update(actors, step_samples, self.step)
         metrics.update(update_metrics)
         self.step += 1
+        self.version += int(policy_moved)
         signals = monitor_signals(step_samples, cfg.rollout.n, metrics.get("kl"))
         metrics.update(self.monitor.observe(self.step, signals))
-        due_sync = policy_moved and self.step % cfg.sync.every == 0
-        metrics["time/sync"] = actors.sync_weights() if due_sync else 0.0
+        # Counted in updates, not steps: a step without an update must not postpone a due sync.
+        self.updates_since_sync += int(policy_moved)
+        if self.in_flight:  # the engines finish the batches they sample before new weights arrive
+            t0 = time.perf_counter()
+            for rollouts in self.in_flight:
+                gather_rollouts(actors, rollouts)
+            metrics["time/wait_rollout"] = time.perf_counter() - t0
+        metrics["time/sync"] = 0.0
+        if self.updates_since_sync >= cfg.sync.every:
+            metrics["time/sync"] = actors.sync_weights()
+            self.updates_since_sync, self.engine_version = 0, self.version
         if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
             t0 = time.perf_counter()
             metrics.update(self.evaluate_held_out())

@@ -30,6 +30,7 @@ from rlpost.chat import prompt_ids
 from rlpost.config import ConfigError, doc
 from rlpost.data import load_gsm8k
 from rlpost.distributed.rollout import Sample
+from rlpost.rl.actors import ROLLOUT_RETRIES
 from rlpost.rl.config import RLConfig, RLData, RolloutConfig
 from rlpost.rl.monitor import Canary, StepSignals, canary_texts, judge_name
 from rlpost.rl.trajectory import Trajectory
@@ -103,18 +104,27 @@ def _split(items: list, parts: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
-# Attempts after a rollout worker dies mid-generate (Ray restarts it, up to the actor's
-# max_restarts) before the step gives up.
-ROLLOUT_RETRIES = 3
+@dataclass
+class Rollouts:
+    """One batch of problems submitted to the engines: the generate calls, and once gathered, the
+    samples. `version` is the policy version (learner updates) the engines held when the calls
+    were submitted; an engine runs its calls in order, so a weight sync submitted later never
+    reaches them."""
+
+    problems: list[Problem]
+    prompt_ids: list[list[int]]
+    calls: list[tuple[int, list, object]]  # (rollout worker index, its prompt ids, the generate ref)
+    kwargs: dict
+    cursor: int = 0  # the data cursor after these problems
+    version: int = 0
+    gathered: tuple[list[Sample], float] | None = None  # (samples, tool seconds) once awaited
 
 
-def sample_groups(actors, tokenizer, problems: list[Problem], cfg: RolloutConfig, tools):
-    """Prompt ids, `cfg.n` samples per problem (flat), and the tool wall time of the slowest
-    worker; prompts spread evenly over the rollout workers (one `generate` call each).
-
-    A worker that dies meanwhile is restarted by Ray, given the learner's weights and asked for
-    the same prompts again, so the batch stays whole and the data cursor does not move."""
-
+def submit_rollouts(
+    actors, tokenizer, problems: list[Problem], cfg: RolloutConfig, tools, cursor: int = 0, version: int = 0
+) -> Rollouts:
+    """`cfg.n` samples per problem requested from the engines, prompts spread evenly over the
+    rollout workers (one `generate` call each, all submitted before any is awaited)."""
     ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
     kwargs = dict(
         n=cfg.n,
@@ -125,12 +135,30 @@ def sample_groups(actors, tokenizer, problems: list[Problem], cfg: RolloutConfig
         tools=tools,
     )
     chunks = [(i, chunk) for i, chunk in enumerate(_split(ids, len(actors.rollouts))) if chunk]
-    # Submit every chunk before waiting on any, so the engines generate in parallel.
-    refs = [actors.rollouts[i].generate.remote(chunk, **kwargs) for i, chunk in chunks]
-    parts = [_generate_surviving(actors, i, chunk, ref, kwargs) for (i, chunk), ref in zip(chunks, refs)]
-    samples = [s for part in parts for group in part for s in group]
-    tool_s = max(sum(s.tool_s for group in part for s in group) for part in parts)
-    return ids, samples, tool_s
+    calls = [(i, chunk, actors.rollouts[i].generate.remote(chunk, **kwargs)) for i, chunk in chunks]
+    return Rollouts(problems, ids, calls, kwargs, cursor, version)
+
+
+def gather_rollouts(actors, rollouts: Rollouts) -> tuple[list[Sample], float]:
+    """The samples of `rollouts` (flat, `n` per problem) and the tool wall time of the slowest
+    worker; awaited once, then kept.
+
+    A worker that dies meanwhile is restarted by Ray, given the learner's weights and asked for
+    the same prompts again, so the batch stays whole and the data cursor does not move."""
+    if rollouts.gathered is None:
+        parts = [_generate_surviving(actors, i, chunk, ref, rollouts.kwargs) for i, chunk, ref in rollouts.calls]
+        samples = [s for part in parts for group in part for s in group]
+        tool_s = max(sum(s.tool_s for group in part for s in group) for part in parts)
+        rollouts.gathered = samples, tool_s
+    return rollouts.gathered
+
+
+def sample_groups(actors, tokenizer, problems: list[Problem], cfg: RolloutConfig, tools):
+    """Prompt ids, `cfg.n` samples per problem (flat), and the tool wall time of the slowest
+    worker: `submit_rollouts`, then `gather_rollouts`."""
+    rollouts = submit_rollouts(actors, tokenizer, problems, cfg, tools)
+    samples, tool_s = gather_rollouts(actors, rollouts)
+    return rollouts.prompt_ids, samples, tool_s
 
 
 def _generate_surviving(actors, index: int, chunk: list, ref, kwargs: dict):
@@ -196,21 +224,36 @@ def score(actors, problems: list[Problem], num_tokens: list[int], texts: list[st
 
 
 def collect_groups(
-    actors, tokenizer, pool: list, cursor: int, cfg: RLConfig, reported: set, refill_rounds: int = 0
+    actors,
+    tokenizer,
+    pool: list,
+    cursor: int,
+    cfg: RLConfig,
+    reported: set,
+    refill_rounds: int = 0,
+    submitted: Rollouts | None = None,
 ) -> tuple[StepSamples, int, dict]:
     """Sample and score `rollout.prompts_per_step` prompts; with `refill_rounds` (GRPO's dynamic
     sampling), sample that many more prompts per round until enough groups carry a signal.
     Returns the merged samples of every round, the advanced cursor, and the phase timings.
+
+    `submitted` (asynchronous RL) is a batch the engines were given earlier: it is the step's
+    samples, and its cursor the step's.
 
     Reward errors are printed once per (function, kind) over the run (`reported` remembers)."""
     step_samples, timings = StepSamples(), {"time/rollout": 0.0, "time/tool": 0.0, "time/reward": 0.0}
     judge = judge_name(cfg)
     with_signal = 0
     for round_index in range(1 + refill_rounds):
-        problems = problems_at(pool, cursor, cfg.rollout.prompts_per_step, cfg.seed)
-        cursor += len(problems)
         t0 = time.perf_counter()
-        ids, samples, tool_s = sample_groups(actors, tokenizer, problems, cfg.rollout, cfg.tools)
+        if submitted is None:
+            problems = problems_at(pool, cursor, cfg.rollout.prompts_per_step, cfg.seed)
+            cursor += len(problems)
+            ids, samples, tool_s = sample_groups(actors, tokenizer, problems, cfg.rollout, cfg.tools)
+        else:  # time/rollout is then the wait for the engines, not their generation time
+            problems, ids, cursor = submitted.problems, submitted.prompt_ids, submitted.cursor
+            samples, tool_s = gather_rollouts(actors, submitted)
+            tool_s = min(tool_s, time.perf_counter() - t0)
         timings["time/rollout"] += time.perf_counter() - t0 - tool_s
         timings["time/tool"] += tool_s
         t0 = time.perf_counter()
