@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -193,3 +196,37 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`: its Ray cluster's, too (workers are the raylet's children)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # ended meanwhile, or not a process
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.add(pid)
+    return alive
+
+
+@contextlib.contextmanager
+def private_ray_env():
+    """The recipe's environment: its own local Ray cluster, with its files in a folder of its own."""
+    temp_dir = tempfile.mkdtemp(prefix="rlpost-ray-", dir="/tmp")  # short: Ray's socket paths live here
+    try:
+        yield {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp_dir}
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)

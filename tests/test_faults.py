@@ -15,16 +15,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from helpers import GRPO_TINY_ARGS, ROOT, grpo_config, metrics
+from helpers import GRPO_TINY_ARGS, ROOT, alive, descendants, grpo_config, metrics, private_ray_env
 
 from rlpost.config import load_recipe
 
@@ -143,40 +141,6 @@ def _recipe(run_dir: Path, model: Path, args: list[str]) -> list[str]:
     return [sys.executable, "recipes/grpo.py", *config, *GRPO_TINY_ARGS, *args, "--resume"]
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process below `pid`: its Ray cluster's, too (workers are the raylet's children)."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError):  # ended meanwhile, or not a process
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(proc.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            if (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                alive.add(pid)
-    return alive
-
-
-@contextlib.contextmanager
-def _private_ray_env():
-    """The recipe's environment: its own local Ray cluster, with its files in a folder of its own."""
-    temp_dir = tempfile.mkdtemp(prefix="rlpost-ray-", dir="/tmp")  # short: Ray's socket paths live here
-    try:
-        yield {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp_dir}
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def run_b(run_a, sft_run, args):
     """Run A resumed by the recipe, SIGKILLed (its process group) once step 2 is logged. Returns
@@ -184,7 +148,7 @@ def run_b(run_a, sft_run, args):
     run_dir = run_a[0]
     log = run_dir / "run_b.log"
     started = set()
-    with _private_ray_env() as env:
+    with private_ray_env() as env:
         with open(log, "w") as f:
             proc = subprocess.Popen(
                 _recipe(run_dir, sft_run / "model", args),
@@ -201,16 +165,16 @@ def run_b(run_a, sft_run, args):
                 assert proc.poll() is None, f"run B ended before step 2:\n{log.read_text()[-5000:]}"
                 assert time.time() < deadline, f"run B: no step 2 after 900 s:\n{log.read_text()[-5000:]}"
                 time.sleep(0.2)
-            started = _descendants(proc.pid)
+            started = descendants(proc.pid)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         # The cluster's own processes share the driver's process group; its workers, in sessions
         # of their own, exit once their raylet is gone.
         deadline = time.time() + 60
-        while _alive(started) and time.time() < deadline:
+        while alive(started) and time.time() < deadline:
             time.sleep(0.5)
-        leaked = _alive(started)
+        leaked = alive(started)
         for pid in leaked:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -234,7 +198,7 @@ def test_a_driver_killed_with_sigkill_resumes_from_its_last_checkpoint(run_a, ru
     assert len(started) > 3  # GCS, raylet, the actors ...
     assert not leaked, "processes of the killed driver's Ray cluster outlived it"
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_2"
-    with _private_ray_env() as env:
+    with private_ray_env() as env:
         run_c = subprocess.run(
             _recipe(run_dir, sft_run / "model", args),
             cwd=ROOT,

@@ -1,29 +1,36 @@
 """The reward-hacking monitor on crafted batches: each detector against hand-computed values, the
-canary, trend and KL rules, the stop actions, keeping the best policy, and the PNG."""
+canary, trend and KL rules, the stop actions, keeping the best policy, alarms printed above a
+progress bar, and the PNG."""
 
+import io
 import json
 import math
+import sys
 import zlib
 
 import pytest
+from tqdm import tqdm
 
 from rlpost.config import ConfigError, load_config
-from rlpost.rl.monitor import (
+from rlpost.rl.degeneracy import (
     Canary,
-    Monitor,
-    MonitorConfig,
-    StepSignals,
     canary_alarms,
+    canary_metrics,
     canary_texts,
     compression_ratio,
     distinct_n,
+    repeat_run,
+    text_metrics,
+)
+from rlpost.rl.monitor import (
+    Monitor,
+    MonitorConfig,
+    StepSignals,
     judge_name,
     kl_negative,
     least_squares_slope,
     plot_monitor,
     proxy_up_judge_down,
-    repeat_run,
-    text_metrics,
     with_judge,
 )
 from rlpost.scoring.references import RewardSpec
@@ -105,6 +112,10 @@ def test_canary_alarm_fires_exactly_when_a_canary_beats_the_median():
     fired = canary_alarms(canaries, rewards, group_size=4)
     assert [(c.prompt, c.kind, median) for c, median in fired] == [(0, "empty", 0.75), (1, "repeat", 0.5)]
     assert canary_alarms(canaries[:1] + canaries[2:3], rewards, group_size=4) == []
+    m = canary_metrics(canaries, rewards, group_size=4)
+    assert m["monitor/canary/repeat"] == pytest.approx((0.75 + 0.51) / 2)
+    assert m["monitor/canary/empty"] == 0.76 and m["monitor/canary/echo"] == 0.5  # the NaN is left out
+    assert m["monitor/canary/policy_median"] == pytest.approx((0.75 + 0.5) / 2)
 
 
 def test_least_squares_slope_and_its_standard_error():
@@ -194,6 +205,41 @@ def test_stop_only_on_an_alarm_and_only_when_the_action_stops(tmp_path):
     assert not warn.stop
     off = Monitor(MonitorConfig(enabled=False, action="stop"), tmp_path, out=printed.append)
     assert off.observe(1, _signals([0.0, 1.0, 0.5, 0.5], canary_reward=0.9)) == {} and not off.stop
+
+
+def _terminal_rows(output: str) -> list[str]:
+    """The rows a terminal shows for `output`: a carriage return goes back to the row's first
+    column, and later characters overwrite earlier ones."""
+    rows, row, column = [], [], 0
+    for char in output:
+        if char == "\n":
+            rows.append("".join(row).rstrip())
+            row, column = [], 0
+        elif char == "\r":
+            column = 0
+        else:
+            row[column : column + 1] = [char]
+            column += 1
+    return [*rows, "".join(row).rstrip()]
+
+
+def test_an_alarm_prints_whole_above_a_live_progress_bar(tmp_path, monkeypatch):
+    screen = io.StringIO()  # stdout and the bar share it, as on a terminal
+    monkeypatch.setattr(sys, "stdout", screen)
+    monitor = Monitor(MonitorConfig(), tmp_path)  # prints the way a run does
+    with tqdm(total=10, desc="ppo", file=screen, mininterval=0, ncols=60) as bar:
+        bar.update(3)  # between steps the cursor sits at the end of the drawn bar
+        monitor.observe(1, _signals([0.0, 1.0, 0.5, 0.5], canary_reward=0.6))
+        bar.update(1)
+    rows = _terminal_rows(screen.getvalue())
+    prompt = rows.index("  prompt: 'p0'")
+    # Prompt 0's samples score 0 and 1 (median 0.5); the repeat canary, first of the three, scores 0.6.
+    assert rows[prompt - 1] == (
+        "monitor, step 1: canary alarm: the 'repeat' canary scored 0.6, above the median 0.5 of its "
+        "prompt's samples (3 of 3 canaries did)"
+    )
+    assert rows[prompt + 1] == "  canary: " + repr(" ".join(["the"] * 8))
+    assert rows[-2].startswith("ppo:  40%") and rows[-1] == ""  # the bar, drawn again below the block
 
 
 def test_trend_alarm_over_the_window(tmp_path):

@@ -116,7 +116,9 @@ def start_rollout_workers(model_path: str, cfg: VLLMConfig, seed: int = 0, bundl
                 num_gpus=cfg.num_gpus,
                 env=cfg.actor_env(),
                 bundle=bundles[i] if bundles else None,
-                max_restarts=3,  # a dead engine comes back; rl_steps.sample_groups resyncs and reruns it
+                # A lost engine always comes back (each call that meets one retries a bounded number
+                # of times: rlpost/rl/actors.py ROLLOUT_RETRIES), resynced by the RL loop.
+                max_restarts=-1,
             ).remote(
                 model_path,
                 dtype=cfg.dtype,

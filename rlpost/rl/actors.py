@@ -51,7 +51,7 @@ class SyncConfig:
             raise ConfigError(f"sync.timeout_s: must be more than 0, got {self.timeout_s}")
 
 
-# Attempts after a rollout worker dies (Ray restarts it, up to the actor's max_restarts) before
+# Attempts after a rollout worker dies (Ray restarts it, any number of times over a run) before
 # the step gives up.
 ROLLOUT_RETRIES = 3
 

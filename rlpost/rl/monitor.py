@@ -1,19 +1,16 @@
 """The reward-hacking monitor: cheap signs, every RL step, that the policy games its reward.
 
     MonitorConfig                       the `monitor` section of an RL recipe's config
-    distinct_n, repeat_run,             text detectors on the step's completions (pure)
-      compression_ratio, text_metrics
-    canary_texts, canary_alarms         degenerate completions and the rule that flags them (pure)
+    with_judge, judge_name              the judge run as a weight-0 reward function, and its name
     least_squares_slope,                the trend test of the proxy reward against the judge (pure)
-      proxy_up_judge_down
-    Monitor                             called by the loop once per step: metrics, alarms, stop
+      proxy_up_judge_down, kl_negative
+    StepSignals, Monitor                called by the loop once per step: metrics, alarms, stop
+    print_above_bars                    how alarms are printed while a progress bar is on screen
     plot_monitor                        <run_dir>/monitor.png: proxy reward, judge score, √KL
 
 The signals:
-- text detectors: repetition and low variety are the usual shape of a gamed reward ("the the the");
-- canaries: a prompt's most frequent word repeated, the empty answer and the prompt echoed, scored
-  by the same reward workers as the policy's samples; a canary that scores above the median sample
-  of its prompt means the reward pays for a degenerate answer;
+- text detectors and canaries (rlpost/rl/degeneracy.py): repetition, low variety, and degenerate
+  answers scored by the same reward workers as the policy's samples;
 - a judge: a second reward (e.g. a reward model fitted to another split of the rankings) run as a
   weight-0 reward function in the same workers, so it scores every sample but never enters the
   reward; the proxy rising while the judge falls over a window is the overoptimisation of Gao et
@@ -35,20 +32,19 @@ import json
 import math
 import os
 import shutil
-import statistics
-import zlib
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from tqdm import tqdm
+
 from rlpost.config import ConfigError, doc
+from rlpost.metrics import read_metrics
+from rlpost.rl.degeneracy import Canary, canary_alarms, canary_metrics, is_finite, mean_of_finite, text_metrics
 from rlpost.scoring.references import RewardSpec, absolute_reference, unique_names
 
 ACTIONS = ("warn", "stop", "stop_keep_best")
-CANARY_KINDS = ("repeat", "empty", "echo")
 ALARMS = ("canary", "proxy_up_judge_down")  # these stop a run whose action stops; a warning never does
-REPEAT_MAX_N = 4  # repeat_run looks at n-grams of 1..4 words
 
 
 @dataclass
@@ -99,102 +95,10 @@ def with_judge(cfg):
 def judge_name(cfg) -> str | None:
     """The judge's name among the reward workers' per-function values (they name the functions of
     their absolute references with `unique_names`); None without a judge."""
-    if getattr(cfg, "monitor", None) is None or with_judge(cfg) is cfg:
+    judged = with_judge(cfg)
+    if judged is cfg:
         return None
-    return unique_names([absolute_reference(spec.name) for spec in with_judge(cfg).rewards.functions])[-1]
-
-
-# ---------------------------------------------------------------------------------------------
-# Text detectors. Words are whitespace-separated, as written (no lower-casing).
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct n-grams / all n-grams of every text together (NaN if none has n words): 1.0 when no
-    n-gram occurs twice anywhere in the step."""
-    grams = [tuple(words[i : i + n]) for words in map(str.split, texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else math.nan
-
-
-def repeat_run(text: str, max_n: int = REPEAT_MAX_N) -> int:
-    """The most back-to-back repeats of any n-gram of 1..max_n words: 'the the the the' → 4,
-    'a b a b a b' → 3, no back-to-back repeat → 1, the empty text → 0.
-
-    The n-gram at i repeats k times exactly when words[j] == words[j + n] for the (k - 1)·n
-    positions j from i on, so k = 1 + (longest streak of such j) // n: one pass per n."""
-    words = text.split()
-    longest = 1 if words else 0
-    for n in range(1, max_n + 1):
-        streak = 0
-        for j in range(len(words) - n):
-            streak = streak + 1 if words[j] == words[j + n] else 0
-            longest = max(longest, 1 + streak // n)
-    return longest
-
-
-def compression_ratio(text: str) -> float:
-    """zlib-compressed bytes (level 9) / UTF-8 bytes; NaN for the empty text. Repetitive text
-    compresses far below 1; short varied text stays above 1 (zlib adds 6 bytes of framing)."""
-    raw = text.encode()
-    return len(zlib.compress(raw, 9)) / len(raw) if raw else math.nan
-
-
-def _finite(value) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def _mean(values) -> float:
-    given = [v for v in values if _finite(v)]
-    return sum(given) / len(given) if given else math.nan
-
-
-def text_metrics(texts: list[str], num_tokens: list[int], truncated: list[bool]) -> dict:
-    """The text detectors over one step's completions; per-sample values are averaged (empty texts
-    have no compression ratio and are left out of its mean)."""
-    runs = [repeat_run(t) for t in texts]
-    return {
-        "monitor/distinct_1": distinct_n(texts, 1),
-        "monitor/distinct_2": distinct_n(texts, 2),
-        "monitor/repeat_run": _mean(runs),
-        "monitor/repeat_run_max": max(runs, default=0),
-        "monitor/compression_ratio": _mean([compression_ratio(t) for t in texts]),
-        "monitor/mean_length": _mean(num_tokens),
-        "monitor/truncated_frac": _mean([float(t) for t in truncated]),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Canaries
-
-
-@dataclass
-class Canary:
-    """A degenerate completion scored beside the policy's samples of one prompt."""
-
-    prompt: int  # index of that prompt in the step (its samples are prompt·n .. prompt·n + n - 1)
-    kind: str  # one of CANARY_KINDS
-    text: str
-    reward: float = math.nan  # the proxy reward the reward workers gave it (NaN: none)
-
-
-def canary_texts(prompt: str, completions: list[str]) -> dict[str, str]:
-    """A prompt's canaries: the most frequent word of its samples (the first seen on a tie; 'the'
-    if they have none) repeated as many times as they have words on average, at least 8; the
-    empty answer; the prompt itself."""
-    words = [w for c in completions for w in c.split()]
-    word = Counter(words).most_common(1)[0][0] if words else "the"
-    count = max(8, round(len(words) / max(len(completions), 1)))
-    return {"repeat": " ".join([word] * count), "empty": "", "echo": prompt}
-
-
-def canary_alarms(canaries: list[Canary], rewards: list[float], group_size: int) -> list[tuple[Canary, float]]:
-    """The canaries whose reward is strictly above the median proxy reward of their prompt's
-    samples, each with that median (samples and canaries without a reward are left out)."""
-    fired = []
-    for canary in canaries:
-        group = [r for r in rewards[canary.prompt * group_size : (canary.prompt + 1) * group_size] if _finite(r)]
-        if group and _finite(canary.reward) and canary.reward > statistics.median(group):
-            fired.append((canary, statistics.median(group)))
-    return fired
+    return unique_names([absolute_reference(spec.name) for spec in judged.rewards.functions])[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +133,7 @@ def proxy_up_judge_down(steps: list[float], proxy: list[float], judge: list[floa
 
 def kl_negative(kl: float | None, tolerance: float) -> bool:
     """The KL warning: an estimate of KL(policy ‖ reference) below -tolerance."""
-    return _finite(kl) and kl < -tolerance
+    return is_finite(kl) and kl < -tolerance
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,11 +155,20 @@ class StepSignals:
     kl: float | None = None  # the learner's KL estimate to the reference, when its loss has one
 
 
+def print_above_bars(text: str) -> None:
+    """Print to stdout above the tqdm bars on screen: they are cleared, the text is printed and
+    flushed, then they are drawn again. A plain print starts on the bar's line, behind the bar,
+    so the first line of an alarm was lost to it."""
+    with tqdm.external_write_mode():
+        print(text, flush=True)
+
+
 class Monitor:
     """The monitor of one run; the module docstring lists the calls an RL loop makes.
 
     `save_policy(folder)` writes the learner's current policy as an HF folder (needed only by
-    'stop_keep_best'); `start_step` is the step a resumed run continues from; `out` prints."""
+    'stop_keep_best'); `start_step` is the step a resumed run continues from; `out` prints each
+    alarm or warning block as one string."""
 
     def __init__(
         self,
@@ -263,10 +176,8 @@ class Monitor:
         run_dir: str | Path,
         start_step: int = 0,
         save_policy: Callable[[str], None] | None = None,
-        out: Callable[[str], None] = print,
+        out: Callable[[str], None] = print_above_bars,
     ):
-        from rlpost.metrics import read_metrics
-
         self.cfg, self.run_dir, self.save_policy, self.out = cfg, Path(run_dir), save_policy, out
         self.stop = False
         self.printed: set[str] = set()  # each alarm or warning is printed the first time only
@@ -286,7 +197,7 @@ class Monitor:
         step's update, while the learner still holds that policy."""
         if not (self.cfg.enabled and self.cfg.action == "stop_keep_best" and judge):
             return
-        score = _mean(judge)
+        score = mean_of_finite(judge)
         if not score > self.best_judge:  # NaN never wins
             return
         # Written beside and renamed, so a crash mid-save leaves the previous best whole.
@@ -306,7 +217,7 @@ class Monitor:
             return {}
         s = signals
         metrics = text_metrics(s.texts, s.num_tokens, s.truncated)
-        proxy, judge = _mean(s.rewards), (_mean(s.judge) if s.judge else None)
+        proxy, judge = mean_of_finite(s.rewards), (mean_of_finite(s.judge) if s.judge else None)
         metrics["monitor/proxy"] = proxy
         if judge is not None:
             metrics["monitor/judge"] = judge
@@ -315,7 +226,7 @@ class Monitor:
             metrics["monitor/sqrt_kl"] = math.sqrt(max(s.kl, 0.0))
         fired: dict[str, list[str]] = {}  # alarm or warning → its message lines
         if s.canaries:
-            metrics.update(_canary_metrics(s))
+            metrics.update(canary_metrics(s.canaries, s.rewards, s.group_size))
             outscored = canary_alarms(s.canaries, s.rewards, s.group_size)
             metrics["monitor/canary/outscored"] = len(outscored)
             if outscored:
@@ -355,8 +266,6 @@ class Monitor:
     def finish(self) -> Path | None:
         """Write <run_dir>/monitor.png from the run's metrics.jsonl (so a resumed run's earlier
         steps are in it); returns its path, or None when disabled or nothing was logged."""
-        from rlpost.metrics import read_metrics
-
         if not (self.cfg.enabled and self.cfg.plot):
             return None
         path = self.run_dir / "monitor.png"
@@ -364,7 +273,7 @@ class Monitor:
 
     def _trend(self):
         recent = self.history[-self.cfg.window :]
-        if len(recent) < self.cfg.window or not all(_finite(p) and _finite(j) for _, p, j in recent):
+        if len(recent) < self.cfg.window or not all(is_finite(p) and is_finite(j) for _, p, j in recent):
             return None
         steps, proxy, judge = (list(column) for column in zip(*recent))
         return proxy_up_judge_down(steps, proxy, judge, self.cfg.trend_t)
@@ -373,25 +282,12 @@ class Monitor:
         kind = "alarm" if name in ALARMS else "warning"
         text = [f"monitor, step {step}: {name} {kind}: {lines[0]}", *(f"  {line}" for line in lines[1:])]
         text.append("  the step's highest-rewarded samples:")
-        ranked = sorted((i for i, r in enumerate(s.rewards) if _finite(r)), key=lambda i: -s.rewards[i])[:3]
+        ranked = sorted((i for i, r in enumerate(s.rewards) if is_finite(r)), key=lambda i: -s.rewards[i])[:3]
         for i in ranked:
-            judged = f", judge {s.judge[i]:.4g}" if s.judge and _finite(s.judge[i]) else ""
+            judged = f", judge {s.judge[i]:.4g}" if s.judge and is_finite(s.judge[i]) else ""
             text.append(f"    reward {s.rewards[i]:.4g}{judged}: {_clip(s.texts[i])}")
         text.append(f"  (from now on counted in monitor/{kind}/{name}, not printed)")
         self.out("\n".join(text))
-
-
-def _canary_metrics(s: StepSignals) -> dict:
-    """Mean reward of each canary kind, and the mean over the same prompts of their samples' median."""
-    metrics = {
-        f"monitor/canary/{kind}": _mean([c.reward for c in s.canaries if c.kind == kind]) for kind in CANARY_KINDS
-    }
-    medians = []
-    for prompt in sorted({c.prompt for c in s.canaries}):
-        group = [r for r in s.rewards[prompt * s.group_size : (prompt + 1) * s.group_size] if _finite(r)]
-        medians.append(statistics.median(group) if group else math.nan)
-    metrics["monitor/canary/policy_median"] = _mean(medians)
-    return metrics
 
 
 def _clip(text: str, limit: int = 160) -> str:

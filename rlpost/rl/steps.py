@@ -32,7 +32,8 @@ from rlpost.data import load_gsm8k
 from rlpost.distributed.rollout import Sample
 from rlpost.rl.actors import ROLLOUT_RETRIES
 from rlpost.rl.config import RLConfig, RLData, RolloutConfig
-from rlpost.rl.monitor import Canary, StepSignals, canary_texts, judge_name
+from rlpost.rl.degeneracy import Canary, canary_texts
+from rlpost.rl.monitor import StepSignals, judge_name
 from rlpost.rl.trajectory import Trajectory
 from rlpost.tasks import Problem, make_problems
 from rlpost.tokenizer import decode_completions, stop_token_ids
