@@ -2,13 +2,17 @@
 
 The run folder is crafted by hand in the format recipes/compare.py writes: 2 models × 2 tasks ×
 4 problems, greedy correctness chosen so every outcome filter has a known answer, and completions
-with markup characters that must come out escaped. The browser is Debian's chromium driven by
-Playwright, as in test_label_page.py.
+with markup characters that must come out escaped; a second folder has 5 models and k up to 64,
+for a table wider than the window. The browser is Debian's chromium driven by Playwright, as in
+test_label_page.py.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +69,7 @@ def pair(task: str) -> dict:
         "only_b": sum(m[b] and not m[a] for m in marks),
         "neither": sum(not m[a] and not m[b] for m in marks),
         "mcnemar_p": 0.118,
+        "mcnemar_mid_p": 0.0654,
         "pass1_diff": {"diff": 0.05, "ci95": [0.01, 0.09], "p_value": 0.02},
     }
 
@@ -96,9 +101,14 @@ def records() -> list[dict]:
     return rows
 
 
+def write_inputs(run_dir: Path, results: dict) -> Path:
+    (run_dir / "results.json").write_text(json.dumps(results))
+    (run_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records()))
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict[str, Path]:
-    run_dir = tmp_path_factory.mktemp("compare")
     results = {
         "models": MODELS,
         "tasks": TASKS,
@@ -106,9 +116,27 @@ def report(tmp_path_factory) -> dict[str, Path]:
         "per_model": {m: {t: task_stats(m, t) for t in TASKS} for m in MODELS},
         "pairs": [pair(t) for t in TASKS],
     }
-    (run_dir / "results.json").write_text(json.dumps(results))
-    (run_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records()))
-    return write_report(run_dir)
+    return write_report(write_inputs(tmp_path_factory.mktemp("compare"), results))
+
+
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory) -> dict[str, Path]:
+    """5 models and k = 1 … 64: the models table has 22 columns, far wider than 1300 px."""
+    models = ["sft", "grpo", "answer_first", "think_sft", "think_grpo"]
+    ks = [str(2**e) for e in range(7)]
+    per_model = {}
+    for model in models:
+        stats = task_stats("sft", TASKS[0])
+        stats.update({"pass@k": dict.fromkeys(ks, 0.5), "maj@k": dict.fromkeys(ks, 0.25)})
+        per_model[model] = {t: stats for t in TASKS}
+    results = {
+        "models": models,
+        "tasks": TASKS,
+        "setting": {"samples": 64, "temperature": 1.0, "max_new_tokens": 128, "budgets": [16, 32, 64]},
+        "per_model": per_model,
+        "pairs": [pair(t) for t in TASKS],
+    }
+    return write_report(write_inputs(tmp_path_factory.mktemp("compare_wide"), results))
 
 
 def test_markdown_tables(report):
@@ -129,8 +157,12 @@ def test_markdown_tables(report):
         "| 30.5 | – | 0.0 % | 2.50 | 1.25 |"
     ) in md
     assert "### arithmetic: pairs (greedy)" in md and "### spelling_bee: pairs (greedy)" in md
-    assert "| grpo | sft | 1 | 1 | 1 | 1 | 0.118 | +5.0 [+1.0, +9.0] | 0.020 |" in md
-    assert "| grpo | sft | 1 | 2 | 0 | 1 | 0.118 | +5.0 [+1.0, +9.0] | 0.020 |" in md
+    assert (
+        "| A | B | both right | only A | only B | neither | McNemar exact p | McNemar mid-p "
+        "| pass@1 A − B, points [95 % CI] | p (pass@1) |"
+    ) in md
+    assert "| grpo | sft | 1 | 1 | 1 | 1 | 0.118 | 0.065 | +5.0 [+1.0, +9.0] | 0.020 |" in md
+    assert "| grpo | sft | 1 | 2 | 0 | 1 | 0.118 | 0.065 | +5.0 [+1.0, +9.0] | 0.020 |" in md
     assert "| task | model | ≤ 16 tokens | ≤ 32 tokens | ≤ 64 tokens |" in md
     assert "| spelling_bee | grpo | 10.0 % | 40.0 % | 60.0 % |" in md
 
@@ -149,6 +181,24 @@ def test_html_is_self_contained_and_escaped(report):
     assert "<b>&" not in page
     assert page.count('class="problem"') == 8
     assert "27.0 % [22.0, 31.0]" in page and "%%" not in page
+    assert page.count('<div class="table-scroll"><table>') == 5  # 2 tasks × (models, pairs) + budget
+    assert "<td>0.118</td><td>0.065</td>" in page
+
+
+def test_command_line_writes_the_report(report, tmp_path):
+    for name in ("results.json", "records.jsonl"):
+        shutil.copy(report["md"].parent / name, tmp_path / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "rlpost.compare.report", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    written = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert list(written) == ["md", "html", "pass_at_k", "lengths", "budget", "reflection"]
+    assert all(Path(path).parent == tmp_path and Path(path).is_file() for path in written.values())
+    assert Path(written["md"]).read_text() == report["md"].read_text()
+
+    usage = subprocess.run([sys.executable, "-m", "rlpost.compare.report"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 1 and usage.stderr.startswith("usage: python -m rlpost.compare.report")
 
 
 def visible_problems(page) -> list[tuple[str, int]]:
@@ -205,5 +255,37 @@ def test_page_filters_in_a_browser(browser, report):
         assert width > 0
         assert all(url.startswith(("file:", "data:")) for url in requests), requests
         assert errors == []
+    finally:
+        context.close()
+
+
+def test_wide_table_scrolls_in_its_own_box(browser, wide_report):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(wide_report["html"].as_uri())
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        boxes = page.eval_on_selector_all(
+            ".table-scroll",
+            """els => els.map(e => ({title: e.previousElementSibling.textContent, scroll: e.scrollWidth,
+                                     client: e.clientWidth, right: e.getBoundingClientRect().right}))""",
+        )
+        assert [box["title"] for box in boxes] == [
+            "arithmetic: models",
+            "arithmetic: pairs (greedy)",
+            "spelling_bee: models",
+            "spelling_bee: pairs (greedy)",
+            "accuracy against the token budget",
+        ]
+        assert all(box["right"] <= 1300 for box in boxes)
+        wide, narrow = boxes[0], boxes[1]
+        assert wide["scroll"] > wide["client"] + 200  # the models table is far wider than its box
+        assert narrow["scroll"] == narrow["client"]
+
+        # Scrolling the wide table moves it inside its box; the page stays put.
+        scrolled = page.eval_on_selector(".table-scroll", "e => { e.scrollLeft = 300; return e.scrollLeft; }")
+        assert scrolled == 300
+        assert page.evaluate("window.scrollX") == 0
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     finally:
         context.close()

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from rlpost.compare.stats import mean_ci95
 from rlpost.rlhf.ranking_metrics import (
     METRICS,
     best_worst_accuracy,
@@ -103,6 +104,18 @@ def test_bootstrap_ci_by_hand():
     assert bootstrap_ci([0.7] * 5) == (pytest.approx(0.7), pytest.approx(0.7))
     # two prompts: resampled means are 0, 0.5, 1 with probability 1/4, 1/2, 1/4
     assert bootstrap_ci([0.0, 1.0], resamples=1000) == (0.0, 1.0)
+
+
+def test_bootstrap_ci_is_the_comparison_bootstrap():
+    # One bootstrap for the reward model's prompts and the model comparison's problems.
+    values = [0.0, 1.0, 0.5, 0.25, 1.0, 0.75]
+    assert bootstrap_ci(values, seed=4, resamples=300) == tuple(mean_ci95(values, resamples=300, seed=4)["ci95"])
+    # Means summed with math.fsum: a constant comes back exactly (a plain sum gives 0.09999999999999999).
+    assert bootstrap_ci([0.1] * 7) == (0.1, 0.1)
+    with pytest.raises(ValueError, match="resamples must be at least 1"):
+        bootstrap_ci([0.5, 1.0], resamples=0)
+    with pytest.raises(ValueError, match="no values"):
+        bootstrap_ci([])
 
 
 def test_bootstrap_ci_contains_the_mean_shrinks_and_is_seeded():

@@ -6,14 +6,16 @@ the response texts (for the length baselines). Per-prompt values are averaged ov
 prompt with many responses weighs as much as one with two.
 
 Prompts whose responses are all tied have no pair to judge: they are left out of every metric
-and counted as `all_tied_prompts`.
+and counted as `all_tied_prompts`. The bootstrap over prompts is rlpost.compare.stats' (Efron and
+Tibshirani 1993), the one the model comparison uses over problems.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
+
+from rlpost.compare.stats import mean_ci95
 
 METRICS = (
     "pair_accuracy",
@@ -100,27 +102,14 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
     return (concordant - discordant) / denominator if denominator > 0 else 0.0
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    # Linear interpolation between closest ranks (numpy's default method).
-    position = q * (len(sorted_values) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
-
-
 def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = 1000) -> tuple[float, float]:
     """95% percentile-bootstrap interval of the mean of per-prompt `values`.
 
-    Efron and Tibshirani 1993, "An Introduction to the Bootstrap": resample the prompts with
-    replacement `resamples` times and take the 2.5th and 97.5th percentiles of the resampled
-    means. Deterministic for a seed.
+    Resamples the prompts with replacement `resamples` times and takes the 2.5th and 97.5th
+    percentiles of the resampled means (rlpost.compare.stats.mean_ci95). Deterministic for a seed.
     """
-    if not values:
-        raise ValueError("no values to bootstrap")
-    generator = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(generator.choices(values, k=n)) / n for _ in range(resamples))
-    return _percentile(means, 0.025), _percentile(means, 0.975)
+    low, high = mean_ci95(values, resamples=resamples, seed=seed)["ci95"]
+    return low, high
 
 
 def ranking_metrics(
@@ -162,7 +151,6 @@ def ranking_metrics(
         raise ValueError("no prompt has an untied pair of responses")
     result: dict = {}
     for name, values in per_prompt.items():
-        low, high = bootstrap_ci(values, seed=seed, resamples=resamples)
-        result[name] = {"mean": sum(values) / len(values), "ci95": [low, high]}
+        result[name] = mean_ci95(values, resamples=resamples, seed=seed)
     result.update(prompts=len(per_prompt["pair_accuracy"]), pairs=pairs, all_tied_prompts=all_tied)
     return result
