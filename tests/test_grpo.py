@@ -145,8 +145,9 @@ def variety(prompts, completions, **columns):
 
 def test_the_monitor_stops_a_run_whose_reward_pays_for_repetition(sft_run, ray_cluster, tmp_path, capsys):
     """The repeated-word canary outscores the policy's samples at once: with stop_keep_best the run
-    ends after step 1 and keeps the policy that sampled it (the judge's only, so best, step). The
-    judge, a weight-0 reward function, is logged as monitor/judge and left out of the reward."""
+    ends after step 1 and keeps the policy the judge scored best on the fixed held-out prompts (the
+    one before the first update: judge_every 10). The judge, a weight-0 reward function, is logged
+    as monitor/judge and left out of the reward."""
     from rlpost.config import load_recipe
 
     (tmp_path / "monitor_rewards.py").write_text(MONITOR_REWARDS)
@@ -167,12 +168,14 @@ def test_the_monitor_stops_a_run_whose_reward_pays_for_repetition(sft_run, ray_c
     assert result["steps"] == 1
     (m,) = [m for m in metrics(run_dir) if "cursor" in m]
     assert m["monitor/alarm/canary"] == 1 and m["monitor/canary/repeat"] == 1.0
-    assert 0 < m["monitor/judge"] <= 1 and m["monitor/best_judge"] == pytest.approx(m["monitor/judge"])
+    assert 0 < m["monitor/judge"] <= 1 and 0 < m["monitor/best_judge"] <= 1
     assert "reward/variety" not in m and m["reward/mean"] == pytest.approx(m["reward/repetition"])
     out = capsys.readouterr().out
     assert "monitor, step 1: canary alarm" in out and "monitor: stopping after step 1" in out
     assert (run_dir / "best_policy" / "model.safetensors").exists()
-    assert json.loads((run_dir / "best_policy" / "judge.json").read_text())["updates"] == 0
+    kept = json.loads((run_dir / "best_policy" / "judge.json").read_text())
+    assert kept["after_step"] == 0 and kept["judge"] == pytest.approx(m["monitor/best_judge"])
+    assert [r["monitor/judge_held_out"] for r in metrics(run_dir) if "monitor/judge_held_out" in r] == [kept["judge"]]
     assert (run_dir / "monitor.png").exists()
 
 

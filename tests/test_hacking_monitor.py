@@ -268,7 +268,7 @@ def test_a_resumed_run_reads_its_trend_back_from_metrics(tmp_path):
     assert m["monitor/alarm/proxy_up_judge_down"] == 1 and m["monitor/proxy_slope"] == pytest.approx(0.1)
 
 
-def test_stop_keep_best_saves_the_policy_that_sampled_the_best_judged_step(tmp_path):
+def test_stop_keep_best_saves_the_best_judged_policy(tmp_path):
     saved = []
 
     def save_policy(folder):  # stands in for the learner's save_hf
@@ -284,7 +284,7 @@ def test_stop_keep_best_saves_the_policy_that_sampled_the_best_judged_step(tmp_p
     best = tmp_path / "best_policy"
     assert (best / "model.safetensors").read_text() == "weights 2"
     record = json.loads((best / "judge.json").read_text())
-    assert record == {"judge": pytest.approx(0.7), "sampled_at_step": 2, "updates": 1}
+    assert record == {"judge": pytest.approx(0.7), "after_step": 2, "held_out_prompts": 2}
     assert not (tmp_path / ".best_policy.tmp").exists()
     m = monitor.observe(4, _signals([0.0, 1.0, 0.5, 0.5], canary_reward=0.9, judge=[0.1] * 4))
     assert monitor.stop and m["monitor/best_judge"] == pytest.approx(0.7)

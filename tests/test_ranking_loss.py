@@ -13,6 +13,8 @@ from rlpost.algorithms.ranking_loss import (
     best_worst_ranks,
     centering_penalty,
     plackett_luce_loss,
+    tie_broken_order,
+    untied_pairs,
 )
 
 SCORES = [0.3, -1.2, 0.7, 2.1, -0.4]
@@ -29,6 +31,11 @@ def brute_all_pairs(scores: list[float], ranks: list[int], margin: float) -> flo
             if ranks[i] < ranks[j]:
                 losses.append(-log_sigmoid(scores[i] - scores[j] - margin))
     return sum(losses) / len(losses)
+
+
+def brute_centering(scores: list[float], ranks: list[int]) -> float:
+    sums = [(scores[i] + scores[j]) ** 2 for i in range(len(scores)) for j in range(len(scores)) if ranks[i] < ranks[j]]
+    return sum(sums) / len(sums)
 
 
 def brute_pl_probability(scores: list[float], order: list[int]) -> float:
@@ -115,7 +122,7 @@ def test_plackett_luce_tie_order_comes_from_the_generator():
 @pytest.mark.parametrize("name", sorted(RANKING_LOSSES))
 def test_all_tied_ranking_has_zero_loss_and_zero_gradient(name):
     scores = torch.tensor(SCORES, requires_grad=True)
-    loss = RANKING_LOSSES[name](scores, [3, 3, 3, 3, 3], margin=0.5, generator=random.Random(0))
+    loss = RANKING_LOSSES[name](scores, [3, 3, 3, 3, 3], margin=0.5, generator=random.Random(0), centering=0.3)
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(scores.grad, torch.zeros(5))
@@ -145,9 +152,63 @@ def test_registry_entries_match_the_functions():
     assert via_registry.item() == pytest.approx(direct.item(), abs=1e-12)
 
 
-def test_centering_penalty():
+def test_untied_pairs_skip_ties_in_row_major_order():
+    better, worse = untied_pairs([1, 0, 1, 2])
+    assert list(zip(better.tolist(), worse.tolist())) == [(0, 3), (1, 0), (1, 2), (1, 3), (2, 3)]
+    better, worse = untied_pairs([4, 4])
+    assert better.numel() == worse.numel() == 0
+
+
+def test_tie_broken_order_keeps_the_tiers():
+    order = tie_broken_order([1, 0, 1, 0, 2], random.Random(3))
+    assert sorted(order[:2]) == [1, 3] and sorted(order[2:4]) == [0, 2] and order[4] == 4
+
+
+def test_centering_penalty_by_hand():
     scores = torch.tensor([1.0, -2.0, 3.0])
-    assert centering_penalty(scores, 0.01).item() == pytest.approx(0.01 * (1 + 4 + 9) / 3)
+    # pairs (0, 1), (0, 2), (1, 2): sums -1, 4, 1 -> squares 1, 16, 1 -> mean 6
+    assert centering_penalty(scores, [0, 1, 2], 0.01).item() == pytest.approx(0.06)
+    # 0 and 1 tied: pairs (0, 2), (1, 2): sums 4, 1 -> mean of 16 and 1
+    assert centering_penalty(scores, [0, 0, 1], 0.01).item() == pytest.approx(0.085)
+    # one pair: (s_c + s_r)^2 = (1 - 2)^2 = 1, whatever the order
+    assert centering_penalty(scores[:2], [1, 0], 0.5).item() == pytest.approx(0.5)
+
+
+def test_centering_penalty_of_an_all_tied_ranking_is_a_connected_zero():
+    scores = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    penalty = centering_penalty(scores, [2, 2, 2], 1.0)
+    assert penalty.item() == 0.0
+    penalty.backward()
+    assert torch.equal(scores.grad, torch.zeros(3))
+
+
+def test_centering_moves_the_offset_and_keeps_a_pair_difference():
+    # The published penalty's gradient on a pair is 2(s_c + s_r)·(1, 1): the offset moves toward 0
+    # and the difference stays. A mean(s^2) penalty would shrink the difference as well.
+    scores = torch.tensor([3.0, 1.0], requires_grad=True)
+    centering_penalty(scores, [0, 1], 1.0).backward()
+    assert scores.grad.tolist() == pytest.approx([8.0, 8.0])  # 2 * (3 + 1)
+    stepped = (scores - 0.1 * scores.grad).detach()
+    assert (stepped[0] - stepped[1]).item() == pytest.approx(2.0)
+    assert abs(stepped.sum().item()) < 4.0
+    squares = scores.detach().clone().requires_grad_(True)
+    squares.pow(2).mean().backward()
+    shrunk = (squares - 0.1 * squares.grad).detach()
+    assert (shrunk[0] - shrunk[1]).item() == pytest.approx(1.8)  # (3 - 0.3) - (1 - 0.1)
+
+
+def test_registry_adds_centering_over_the_pairs_each_loss_trains_on():
+    tensor = torch.tensor(SCORES, dtype=torch.float64)
+    ranks = [2, 0, 1, 0, 3]
+    for name in ("all_pairs", "plackett_luce"):
+        plain = RANKING_LOSSES[name](tensor, ranks, margin=0.2, generator=random.Random(5))
+        centred = RANKING_LOSSES[name](tensor, ranks, margin=0.2, generator=random.Random(5), centering=0.1)
+        expected = 0.1 * brute_centering(SCORES, ranks)
+        assert (centred - plain).item() == pytest.approx(expected, abs=1e-12)
+    # best_worst sees one pair, (1, 4): its centring is (s_1 + s_4)^2 only
+    plain = RANKING_LOSSES["best_worst"](tensor, ranks, margin=0.2, generator=random.Random(0))
+    centred = RANKING_LOSSES["best_worst"](tensor, ranks, margin=0.2, generator=random.Random(0), centering=0.1)
+    assert (centred - plain).item() == pytest.approx(0.1 * (SCORES[1] + SCORES[4]) ** 2, abs=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(RANKING_LOSSES))

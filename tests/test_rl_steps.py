@@ -4,12 +4,14 @@ import math
 
 import pytest
 
-from rlpost.config import ConfigError, load_config
+from rlpost.config import ConfigError, load_config, load_recipe
 from rlpost.distributed.rollout import Sample
 from rlpost.rl.config import RolloutConfig
-from rlpost.rl.steps import GRPOAlgoConfig, StepSamples, build_trajectories, problems_at, step_metrics
+from rlpost.rl.steps import StepSamples, problems_at, step_metrics
 from rlpost.tasks import Problem
 
+GRPO = load_recipe("grpo")  # GRPO's advantages live in its recipe
+GRPOAlgoConfig, build_trajectories = GRPO.GRPOAlgoConfig, GRPO.build_trajectories
 ROLLOUT = RolloutConfig(n=2, prompts_per_step=2, max_new_tokens=4)
 
 

@@ -10,7 +10,8 @@ A ranking in which every response is tied says nothing about the responses: ever
 such rankings works and gives a zero gradient).
 
 `RANKING_LOSSES` names the losses a trainer may pick, all with the same signature
-`fn(scores, ranks, *, margin, generator) -> Tensor[]`.
+`fn(scores, ranks, *, margin, generator, centering=0.0) -> Tensor[]`; `centering` > 0 adds
+`centering_penalty` over the ranking's untied pairs (for best_worst, over its one pair).
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def _no_preference(scores: torch.Tensor) -> torch.Tensor:
     return scores.sum() * 0.0
 
 
+def untied_pairs(ranks: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair (better, worse) of the ranking with better ranked above worse, ties skipped:
+    two index tensors, pairs in row-major order (by better index, then worse index)."""
+    tiers = torch.as_tensor(list(ranks), device=device)
+    better, worse = torch.nonzero(tiers.unsqueeze(1) < tiers.unsqueeze(0), as_tuple=True)
+    return better, worse
+
+
 def all_pairs_loss(scores: torch.Tensor, ranks: Sequence[int], margin: float = 0.0) -> torch.Tensor:
     """Mean Bradley–Terry loss over every untied pair of the ranking.
 
@@ -45,15 +54,13 @@ def all_pairs_loss(scores: torch.Tensor, ranks: Sequence[int], margin: float = 0
     to win by at least `margin`. Tied pairs are skipped; a ranking with no untied pair gives 0.
     """
     _check(scores, ranks)
-    tiers = torch.as_tensor(list(ranks), device=scores.device)
-    better = tiers.unsqueeze(1) < tiers.unsqueeze(0)  # better[i, j]: i is ranked above j
-    if not bool(better.any()):
+    better, worse = untied_pairs(ranks, scores.device)
+    if better.numel() == 0:
         return _no_preference(scores)
-    differences = scores.unsqueeze(1) - scores.unsqueeze(0) - margin
-    return -F.logsigmoid(differences[better]).mean()
+    return -F.logsigmoid(scores[better] - scores[worse] - margin).mean()
 
 
-def _tie_broken_order(ranks: Sequence[int], generator: random.Random) -> list[int]:
+def tie_broken_order(ranks: Sequence[int], generator: random.Random) -> list[int]:
     """Response indices best → worst, each tier shuffled by `generator` (a uniform tie order)."""
     tiers: dict[int, list[int]] = {}
     for index, tier in enumerate(ranks):
@@ -82,7 +89,7 @@ def plackett_luce_loss(scores: torch.Tensor, ranks: Sequence[int], generator: ra
     _check(scores, ranks)
     if len(set(ranks)) == 1:
         return _no_preference(scores)
-    order = torch.as_tensor(_tie_broken_order(ranks, generator), device=scores.device)
+    order = torch.as_tensor(tie_broken_order(ranks, generator), device=scores.device)
     ordered = scores[order]
     # logsumexp over each suffix π_t..π_K, computed as a cumulative logsumexp from the end.
     suffix_logsumexp = torch.logcumsumexp(ordered.flip(0), dim=0).flip(0)
@@ -102,32 +109,44 @@ def best_worst_ranks(ranks: Sequence[int]) -> tuple[int, int]:
     return i_best, j_worst
 
 
-def centering_penalty(scores: torch.Tensor, coef: float) -> torch.Tensor:
-    """coef * mean(scores**2): keeps rewards near 0.
+def centering_penalty(scores: torch.Tensor, ranks: Sequence[int], coef: float) -> torch.Tensor:
+    """coef * mean over the ranking's untied pairs of (s_better + s_worse)**2: keeps rewards near 0.
 
     Eisenstein et al. 2023, "Helping or Herding? Reward Model Ensembles Mitigate but do not
-    Eliminate Reward Hacking": pairwise losses only see score differences, so the reward's offset
-    is free to drift; this auxiliary loss pins it (and makes rewards of separately trained models
-    comparable).
+    Eliminate Reward Hacking", and TRL's `center_rewards_coefficient`: pairwise losses only see
+    score differences, so the reward's offset is free to drift; this auxiliary loss pins it (and
+    makes rewards of separately trained models comparable). Its gradient on a pair is along
+    (1, 1), orthogonal to s_better - s_worse, so for one pair it leaves the difference the
+    ranking loss learns untouched, where a penalty on mean(s**2) would shrink it too. A ranking
+    with no untied pair gives 0 (still connected to `scores`).
     """
-    return coef * scores.pow(2).mean()
+    _check(scores, ranks)
+    better, worse = untied_pairs(ranks, scores.device)
+    if better.numel() == 0:
+        return _no_preference(scores)
+    return coef * (scores[better] + scores[worse]).pow(2).mean()
 
 
-def _all_pairs(scores, ranks, *, margin, generator):
+def _with_centering(loss: torch.Tensor, scores, ranks, centering: float) -> torch.Tensor:
+    return loss + centering_penalty(scores, ranks, centering) if centering else loss
+
+
+def _all_pairs(scores, ranks, *, margin, generator, centering=0.0):
     del generator  # deterministic: every untied pair is used
-    return all_pairs_loss(scores, ranks, margin=margin)
+    return _with_centering(all_pairs_loss(scores, ranks, margin=margin), scores, ranks, centering)
 
 
-def _plackett_luce(scores, ranks, *, margin, generator):
+def _plackett_luce(scores, ranks, *, margin, generator, centering=0.0):
     del margin  # a choice model has no margin
-    return plackett_luce_loss(scores, ranks, generator)
+    return _with_centering(plackett_luce_loss(scores, ranks, generator), scores, ranks, centering)
 
 
-def _best_worst(scores, ranks, *, margin, generator):
+def _best_worst(scores, ranks, *, margin, generator, centering=0.0):
     del generator  # the reduced pair is fixed by the ranking
     i_best, j_worst = best_worst_ranks(ranks)
-    pair = [i_best, j_worst]
-    return all_pairs_loss(scores[pair], [ranks[i_best], ranks[j_worst]], margin=margin)
+    # the baseline sees one pair only, its centring included
+    pair_scores, pair_ranks = scores[[i_best, j_worst]], [ranks[i_best], ranks[j_worst]]
+    return _with_centering(all_pairs_loss(pair_scores, pair_ranks, margin=margin), pair_scores, pair_ranks, centering)
 
 
 RANKING_LOSSES = {

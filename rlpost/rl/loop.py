@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 from rlpost.config import check_path, run_command, save_config, to_dict
@@ -27,7 +28,8 @@ from rlpost.evaluate import evaluate
 from rlpost.metrics import MetricsLogger
 from rlpost.rl.actors import ROLLOUT_RETRIES, RLActors
 from rlpost.rl.config import RLConfig
-from rlpost.rl.monitor import Monitor, with_judge
+from rlpost.rl.degeneracy import mean_of_finite
+from rlpost.rl.monitor import Monitor, judge_name, with_judge
 from rlpost.rl.steps import (
     Rollouts,
     collect_groups,
@@ -35,12 +37,14 @@ from rlpost.rl.steps import (
     monitor_signals,
     problems_at,
     prompt_pool,
+    sample_groups,
+    score,
     step_metrics,
     submit_rollouts,
 )
 from rlpost.scoring.runner import RewardFunctionBroken
 from rlpost.tasks import VERIFIERS, make_problems
-from rlpost.tokenizer import load_tokenizer
+from rlpost.tokenizer import decode_completions, load_tokenizer
 from rlpost.trainer import latest_checkpoint
 
 
@@ -66,6 +70,7 @@ class RLRun:
             self._resume()
         save_policy = lambda path: actors.learners.call("save_hf", path)  # noqa: E731
         self.monitor = Monitor(cfg.monitor, self.run_dir, self.step, save_policy=save_policy)
+        self.keeps_best = cfg.monitor.enabled and cfg.monitor.action == "stop_keep_best"
 
     def _resume(self) -> None:
         state = self.actors.load_latest(self.run_dir)
@@ -91,6 +96,21 @@ class RLRun:
                     raise
                 print(f"warning: rollout worker 0 died during evaluation ({type(error).__name__}); evaluating again")
                 self.actors.resync_rollout(0)
+
+    def judge_held_out(self) -> dict:
+        """Keep-best: the judge scores the policy's greedy answers to the same held-out prompts
+        every time. Called right after a sync, when the engines that answer hold the learner's
+        weights, so the policy the monitor keeps is the one the judge scored."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        problems = self.held_out[: cfg.monitor.judge_prompts]
+        greedy = replace(cfg.rollout, n=1, temperature=0.0)
+        _, samples, _ = sample_groups(self.actors, self.tokenizer, problems, greedy, cfg.tools)
+        texts = decode_completions(self.tokenizer, [s.token_ids for s in samples])
+        num_tokens = [len(s.token_ids) for s in samples]
+        _, _, per_function, _, _ = score(self.actors, problems, num_tokens, texts, cfg.rollout.max_new_tokens)
+        judged = per_function[judge_name(cfg)]
+        self.monitor.keep_if_best(self.step, judged)
+        return {"monitor/judge_held_out": mean_of_finite(judged), "time/judge": time.perf_counter() - t0}
 
     def save_checkpoint(self) -> None:
         # Batches still in flight are not in the cursor: a resumed run samples them again.
@@ -129,8 +149,6 @@ class RLRun:
             raise RuntimeError(f"samples of policy version {sampled_by} reached the learner at version {self.version}")
         metrics.update(step_metrics(step_samples, cfg.rollout.n), cursor=self.cursor)
         metrics.update({"staleness/mean": float(staleness), "staleness/max": staleness})
-        if staleness == 0:  # before the update the learner holds the very policy the judge scored
-            self.monitor.keep_if_best(self.step + 1, step_samples.judge)
         update_metrics, policy_moved = self.algorithm.update(actors, step_samples, self.step)
         metrics.update(update_metrics)
         self.step += 1
@@ -148,6 +166,8 @@ class RLRun:
         if self.updates_since_sync >= cfg.sync.every:
             metrics["time/sync"] = actors.sync_weights()
             self.updates_since_sync, self.engine_version = 0, self.version
+        if self.keeps_best and self.step % cfg.monitor.judge_every == 0 and self.updates_since_sync == 0:
+            metrics.update(self.judge_held_out())
         if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
             t0 = time.perf_counter()
             metrics.update(self.evaluate_held_out())
@@ -166,8 +186,9 @@ class RLRun:
         from tqdm import tqdm
 
         cfg = self.cfg.train
-        if self.step == 0 and cfg.eval_every:
-            self.logger.log(0, self.evaluate_held_out())
+        if self.step == 0 and (cfg.eval_every or self.keeps_best):
+            self.logger.log(0, {**(self.evaluate_held_out() if cfg.eval_every else {}),
+                                **(self.judge_held_out() if self.keeps_best else {})})  # fmt: skip
         start = time.time()
         by_time = cfg.max_minutes > 0  # a run bounded by minutes shows minutes; otherwise steps
         bar = tqdm(total=cfg.max_minutes if by_time else cfg.steps, initial=0 if by_time else self.step,

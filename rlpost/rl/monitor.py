@@ -19,9 +19,9 @@ The signals:
   warning, never a stop (with k2/k3 the estimate cannot go below zero; with k1 it can).
 
 An RL loop (GRPO here, PPO alike) calls, per step:
-    monitor.keep_if_best(step, judge_scores)       before the update: the learner still holds the
-                                                   policy that sampled the step
-    metrics.update(monitor.observe(step, signals)) after it, with the learner's KL when it has one
+    metrics.update(monitor.observe(step, signals)) after the update, with the learner's KL when it has one
+    monitor.keep_if_best(step, judge_scores)       every `judge_every` steps, right after a weight sync: the
+                                                   judge's scores of the policy's answers to fixed held-out prompts
     monitor.stop                                   true once an alarm fired and the action stops
 and `monitor.finish()` at the end of the run.
 """
@@ -64,6 +64,12 @@ class MonitorConfig:
         "a spec like a rewards.functions entry, e.g. {name: reward_model, kwargs: {path: ...}}. None: no judge.",
         None,
     )
+    judge_every: int = doc(
+        "With 'stop_keep_best': every N steps (and before the first) the judge scores the policy's greedy answers "
+        "to the same judge_prompts held-out prompts, right after a weight sync, and the best-scored policy is kept.",
+        10,
+    )
+    judge_prompts: int = doc("Held-out prompts the judge scores for keep-best (the first of the eval set).", 64)
     kl_tolerance: float = doc("Warn when the learner's KL estimate is below -kl_tolerance (a KL near 0 jitters).", 1e-3)
     plot: bool = doc("Write <run_dir>/monitor.png at the end: proxy reward, judge score and √KL over steps.", True)
 
@@ -72,6 +78,8 @@ class MonitorConfig:
             raise ConfigError(f"monitor.action: {self.action!r} is not one of {list(ACTIONS)}")
         if self.window < 3:
             raise ConfigError(f"monitor.window: must be at least 3 (a slope needs residuals), got {self.window}")
+        if self.judge_every < 1 or self.judge_prompts < 1:
+            raise ConfigError("monitor.judge_every and monitor.judge_prompts: must be at least 1")
         if self.canary_prompts < 1:
             raise ConfigError(f"monitor.canary_prompts: must be at least 1, got {self.canary_prompts}")
         if self.trend_t < 0 or self.kl_tolerance < 0:
@@ -192,9 +200,10 @@ class Monitor:
         self.best_judge = json.loads(best.read_text())["judge"] if start_step and best.exists() else -math.inf
 
     def keep_if_best(self, step: int, judge: list[float | None]) -> None:
-        """With 'stop_keep_best': when the step's mean judge score beats every earlier step's, save
-        the policy that sampled it to <run_dir>/best_policy (with judge.json). Call it before the
-        step's update, while the learner still holds that policy."""
+        """With 'stop_keep_best': when the judge's mean score of the policy's answers to the fixed
+        held-out prompts beats every earlier one, save that policy (the learner's weights after
+        `step` steps, which the engines that answered also held) to <run_dir>/best_policy with
+        judge.json."""
         if not (self.cfg.enabled and self.cfg.action == "stop_keep_best" and judge):
             return
         score = mean_of_finite(judge)
@@ -204,7 +213,7 @@ class Monitor:
         tmp = self.run_dir / ".best_policy.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.save_policy(str(tmp.resolve()))
-        record = {"judge": score, "sampled_at_step": step, "updates": step - 1}
+        record = {"judge": score, "after_step": step, "held_out_prompts": len(judge)}
         (tmp / "judge.json").write_text(json.dumps(record) + "\n")
         shutil.rmtree(self.best_dir, ignore_errors=True)
         os.replace(tmp, self.best_dir)

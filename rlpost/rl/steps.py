@@ -4,15 +4,15 @@
     rollouts    sample_groups(actors, ...)            n samples per prompt from the vLLM engines
     rewards     score(actors, ...)                    reward workers: weighted total, verifier, errors
                 collect_groups(...)                   the two above, in refill rounds, merged
-    advantages  build_trajectories(samples, ...)       group advantages broadcast over each sample's
-                                                      tokens, filtered and trimmed for the learner
+    advantages  the recipe's update                   GRPO: recipes/grpo.py (build_trajectories); PPO:
+                                                      recipes/ppo.py with rlpost/rl/ppo_steps.py
     update      actors.learners.call("train", ...)    rlpost/rl/learner.py
     sync        actors.sync_weights()                 rlpost/rl/actors.py
     metrics     step_metrics(samples, ...)             computed once from the step's merged samples
     monitor     monitor_signals(samples, ...)          what rlpost/rl/monitor.py reads; the canaries
                                                       and the judge are scored in collect_groups
 
-Their config sections live in rlpost/rl/config.py; GRPO's `algo` section beside build_trajectories.
+Their config sections live in rlpost/rl/config.py.
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlpost.algorithms import ADVANTAGE_ESTIMATORS, truncation_mask, zero_variance_groups
+from rlpost.algorithms import zero_variance_groups
 from rlpost.chat import prompt_ids
-from rlpost.config import ConfigError, doc
 from rlpost.data import load_gsm8k
 from rlpost.distributed.rollout import Sample
 from rlpost.rl.actors import ROLLOUT_RETRIES
 from rlpost.rl.config import RLConfig, RLData, RolloutConfig
 from rlpost.rl.degeneracy import Canary, canary_texts
 from rlpost.rl.monitor import StepSignals, judge_name
-from rlpost.rl.trajectory import Trajectory
 from rlpost.tasks import Problem, make_problems
 from rlpost.tokenizer import decode_completions, stop_token_ids
 
@@ -317,66 +315,6 @@ def _prompt_text(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
-
-
-# ---------------------------------------------------------------------------------------------
-# Advantages
-
-
-@dataclass
-class GRPOAlgoConfig:
-    advantage: str = doc(
-        "'grpo' (group mean/std), 'drgrpo' (group mean only, Liu et al. 2025) or 'rloo' (leave-one-out).", "grpo"
-    )
-    drop_zero_variance_groups: bool = doc(
-        "Dynamic sampling (DAPO): drop groups whose rewards all agree (no signal).", True
-    )
-    refill_rounds: int = doc(
-        "Extra sampling rounds to refill dropped groups up to prompts_per_step (0: train on fewer).", 0
-    )
-    mask_truncated: bool = doc(
-        "Overlong filtering (DAPO): leave samples cut off at max_new_tokens out of the loss. "
-        "DAPO's soft length penalty is the `overlong` reward.",
-        False,
-    )
-
-    def validate(self):
-        if self.advantage not in ADVANTAGE_ESTIMATORS:
-            raise ConfigError(f"algo.advantage: {self.advantage!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        if self.refill_rounds < 0:
-            raise ConfigError(f"algo.refill_rounds: must be 0 or more, got {self.refill_rounds}")
-
-
-def build_trajectories(step_samples: StepSamples, algo: GRPOAlgoConfig, rollout):
-    """Advantages per sample, broadcast over its tokens, as the trajectories the learner trains on.
-
-    Left out of the loss: samples without a reward, groups with no signal (dynamic sampling),
-    truncated samples with `mask_truncated`, and groups beyond `prompts_per_step` (refill rounds
-    may bring more). Returns (trajectories, number of groups trained on)."""
-
-    n = rollout.n
-    rewards = torch.tensor(step_samples.total_rewards, dtype=torch.float32)
-    advantages = ADVANTAGE_ESTIMATORS[algo.advantage](rewards, n)
-    keep = ~torch.isnan(rewards)
-    if algo.drop_zero_variance_groups:
-        keep &= ~zero_variance_groups(rewards, n).repeat_interleave(n)
-    if algo.mask_truncated:
-        keep &= ~truncation_mask([s.finish_reason for s in step_samples.samples])
-    group_kept = keep.view(-1, n).any(dim=1)
-    group_kept &= group_kept.cumsum(0) <= rollout.prompts_per_step
-    keep &= group_kept.repeat_interleave(n)
-    trajectories = [
-        Trajectory(
-            step_samples.prompt_ids[i // n],
-            s.token_ids,
-            s.logprobs,
-            s.loss_mask or [1] * len(s.token_ids),
-            [float(advantages[i])] * len(s.token_ids),
-        )
-        for i, s in enumerate(step_samples.samples)
-        if keep[i]
-    ]
-    return trajectories, int(group_kept.sum())
 
 
 # ---------------------------------------------------------------------------------------------
