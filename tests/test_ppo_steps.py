@@ -83,3 +83,14 @@ def test_pack_lays_out_the_optional_per_token_fields_only_when_every_sample_has_
     assert "values" not in pack([a, b], pad_id=0)
     with pytest.raises(ValueError, match="differ in length"):
         pack([Trajectory([1], [2, 3], [0.0, 0.0], [1, 1], [0.0, 0.0], returns=[1.0])], pad_id=0)
+
+
+def test_a_critic_from_a_reward_model_is_on_the_normalised_reward_scale():
+    from rlpost.rl.critic import value_scale
+
+    card = {"normalization": {"mean": 2.0, "std": 4.0}}
+    assert value_scale(card, "reward_model", normalize=True) == (2.0, 4.0)  # raw 6 → (6 - 2) / 4 = 1
+    assert value_scale(card, "reward_model", normalize=False) == (0.0, 1.0)
+    assert value_scale(card, "policy", normalize=True) == (0.0, 1.0)  # a new zero head has no scale to match
+    assert value_scale({}, "reward_model", normalize=True) == (0.0, 1.0)  # a card without statistics
+    assert value_scale({"normalization": {"mean": 1.0, "std": 0.0}}, "reward_model", True) == (1.0, 1.0)

@@ -20,7 +20,7 @@ from rlpost.algorithms import value_loss
 from rlpost.config import ConfigError, doc
 from rlpost.rl.learner import Learner
 from rlpost.rl.trajectory import Trajectory, length_sorted_parts, pack, shard, unpack
-from rlpost.rlhf.reward_model import reward_model_from_lm
+from rlpost.rlhf.reward_model import read_card, reward_model_from_lm
 from rlpost.tokenizer import load_tokenizer
 
 
@@ -34,6 +34,11 @@ class CriticConfig:
     path: str = doc("The reward model folder when init is 'reward_model'.", "")
     lr: float = doc("The critic's learning rate (its own AdamW; the rest of `optim` is shared).", 1e-4)
     value_clip: float = doc("How far a value may move from its rollout-time value in one update (PPO2).", 0.2)
+    normalize: bool = doc(
+        "Started from a reward model: put its values on the reward card's normalised scale, (v - mean) / std, "
+        "the scale of the reward with `normalize: true` (as OpenRLHF normalises its critic like its reward).",
+        True,
+    )
     warmup_steps: int = doc("Steps that train only the critic before the policy moves.", 0)
     num_cpus: float = doc("CPUs per critic rank bundle (one per deepspeed.world_size rank).", 0.5)
     num_gpus: float = doc("GPUs per critic rank bundle.", 0.0)
@@ -68,6 +73,16 @@ def critic_model(path: str, init: str):
     return model
 
 
+def value_scale(card: dict, init: str, normalize: bool) -> tuple[float, float]:
+    """(shift, scale) that put a critic's raw head outputs on the reward's scale: the reward card's
+    normalisation when the critic starts from that reward model and `normalize` is on, else (0, 1)."""
+    norm = card.get("normalization") if init == "reward_model" and normalize else None
+    if not norm:
+        return 0.0, 1.0
+    std = norm["std"] if norm["std"] > 0 and math.isfinite(norm["std"]) else 1.0
+    return float(norm["mean"]), float(std)
+
+
 class Critic(Learner):
     """One critic rank (a Ray actor). All ranks must receive every call of a step. The learner's
     update loop runs with the clipped value loss in place of the policy loss."""
@@ -85,12 +100,13 @@ class Critic(Learner):
             **ranks,
         )
         self.token_metrics = ["value_loss", "value_clip_frac"]
+        self.shift, self.scale = value_scale(read_card(model_path), critic.init, critic.normalize)
 
     def _values(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Values [B, T-1] in the logprob columns."""
+        """Values [B, T-1] in the logprob columns, on the reward's scale (`value_scale`)."""
         module = self.trainer.engine.module
         hidden = module.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
-        return module.score(hidden).squeeze(-1).float()[:, :-1]
+        return (module.score(hidden).squeeze(-1).float()[:, :-1] - self.shift) / self.scale
 
     @torch.no_grad()
     def values(self, trajectories: list[Trajectory]) -> list[list[float]]:
