@@ -9,12 +9,15 @@ from rlpost.algorithms import (
     ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
     LOSS_AGG_MODES,
+    POLICY_LOSSES,
     adaptive_kl_coef,
     aggregate_loss,
+    cispo_loss,
     drgrpo_advantages,
     explained_variance,
     gae_advantages,
     grpo_advantages,
+    gspo_loss,
     kl_penalty,
     loss_count,
     loss_sum,
@@ -23,7 +26,6 @@ from rlpost.algorithms import (
     ppo_clip_loss,
     rloo_advantages,
     token_rewards,
-    truncated_importance_weights,
     truncation_mask,
     value_loss,
     zero_variance_groups,
@@ -141,13 +143,78 @@ def test_ppo_clip_higher_and_per_token_advantage():
     assert clipped.tolist() == [[True, True, True, False]]
 
 
-def test_truncated_importance_weights():
-    # pi_old / pi_sampler = 0.5, 3, 1 and e^100 (overflow-safe), capped at 2
-    old = torch.tensor([[math.log(0.5), math.log(3.0) - 1.0, -2.0, 0.0]], requires_grad=True)
-    sampling = torch.tensor([[0.0, -1.0, -2.0, -100.0]])
-    weights = truncated_importance_weights(old, sampling, cap=2.0)
-    close(weights, [[0.5, 2.0, 1.0, 2.0]])
-    assert not weights.requires_grad  # a constant factor of the loss, not a path for gradients
+def test_policy_loss_registry():
+    assert POLICY_LOSSES == {"ppo_clip": ppo_clip_loss, "gspo": gspo_loss, "cispo": cispo_loss}
+
+
+def test_ppo_clip_loss_through_the_registry_signature():
+    # the learner's call: (logprobs, old, advantages, clip_low, clip_high, mask=...); the rows of
+    # test_ppo_clip_loss_per_sequence_advantage, the mask changing nothing
+    ratios = torch.tensor([[1.5, 0.5, 1.1], [1.5, 0.5, 1.1]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    loss, clipped = POLICY_LOSSES["ppo_clip"](
+        ratios.log(), torch.zeros(2, 3), torch.tensor([1.0, -1.0]), 0.2, 0.2, mask=mask
+    )
+    close(loss, [[-1.2, -0.5, -1.1], [1.5, 0.8, 1.1]])
+    assert clipped.tolist() == [[True, False, False], [False, True, False]]
+
+
+def test_gspo_clips_the_sequence_ratio_and_gives_every_token_its_gradient():
+    # Log-ratios per row (old logprobs -1, the masked column of row 0 holds garbage):
+    #   row 0: (ln 2, 0 | masked)   -> s = exp(ln 2 / 2) = sqrt 2, above 1 + .2: A = +1 takes 1.2
+    #   row 1: (ln 1.1, 0, -ln 1.1) -> s = 1, unclipped; A = -2: loss 2 on each token and the
+    #          gradient -A * s = 2 on each (PPO's token ratios would give 2.2, 2, 1.82)
+    #   row 2: (ln .5, 0, 0)        -> s = .5^(1/3) = .7937, below 1 - .1; per-token A (-1, +1, -1):
+    #          A = -1 takes the clipped -.9 (loss .9, no gradient), A = +1 the unclipped s
+    log_ratios = torch.tensor([[LN2, 0.0, 0.0], [math.log(1.1), 0.0, -math.log(1.1)], [-LN2, 0.0, 0.0]])
+    logprobs = (log_ratios - 1.0).requires_grad_()
+    old = torch.full((3, 3), -1.0)
+    old[0, 2] = 50.0
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0], [-1.0, 1.0, -1.0]])
+    s2 = 0.5 ** (1 / 3)
+    loss, clipped = gspo_loss(logprobs, old, adv, clip_low=0.1, clip_high=0.2, mask=mask)
+    close(loss, [[-1.2, -1.2, -1.2], [2.0, 2.0, 2.0], [0.9, -s2, 0.9]])
+    assert clipped.tolist() == [[True, True, True], [False, False, False], [True, False, True]]
+    loss.sum().backward()
+    close(logprobs.grad, [[0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [0.0, -s2, 0.0]])
+    # Without the mask the garbage column enters row 0's mean, (ln 2 + 0 - 51) / 3: s is far below
+    # 1 - .1, and with A = +1 the unclipped -s is the smaller objective.
+    unmasked, _ = gspo_loss(logprobs.detach(), old, adv, clip_low=0.1, clip_high=0.2)
+    close(unmasked[0], [-math.exp((LN2 - 51) / 3)] * 3, atol=1e-12)
+
+
+def test_gspo_with_one_advantage_per_sequence_is_sequence_level_gspo():
+    # The sequence objective -min(s A, clip(s) A) has gradient -A * s * mean_t grad log pi_t: the
+    # per-token loss averaged over the sequence's tokens gives exactly that.
+    log_ratios = torch.tensor([[0.02, -0.01, 0.05]])
+    logprobs = (log_ratios - 2.0).detach().requires_grad_()
+    loss, clipped = gspo_loss(
+        logprobs, torch.full((1, 3), -2.0), torch.tensor([3.0]), 1.0, 1.0, mask=torch.ones(1, 3, dtype=torch.bool)
+    )
+    s = math.exp((0.02 - 0.01 + 0.05) / 3)
+    close(loss, [[-3 * s] * 3])
+    assert not clipped.any()
+    loss.mean().backward()
+    close(logprobs.grad, [[-3 * s / 3] * 3])
+
+
+def test_cispo_clips_the_weight_and_keeps_every_gradient():
+    # ratios 1.5, .5, 1.1 (pi = .6, .2, .44 against pi_old .4); weights clamped to [.8, 1.2]:
+    # 1.2, .8, 1.1. loss = -w * A * log pi; gradient -w * A, also on the clipped tokens.
+    old = torch.full((2, 3), math.log(0.4))
+    probs = torch.tensor([[0.6, 0.2, 0.44], [0.6, 0.2, 0.44]])
+    logprobs = probs.log().requires_grad_()
+    loss, clipped = cispo_loss(logprobs, old, torch.tensor([1.0, -1.0]), 0.2, 0.2)
+    row = [-1.2 * math.log(0.6), -0.8 * math.log(0.2), -1.1 * math.log(0.44)]
+    close(loss, [row, [-v for v in row]])
+    assert clipped.tolist() == [[True, True, False], [True, True, False]]
+    loss.sum().backward()
+    close(logprobs.grad, [[-1.2, -0.8, -1.1], [1.2, 0.8, 1.1]])
+    # clip_low 1: no lower bound, as in MiniMax-M1; the ratio .5 is its own weight
+    loss, clipped = cispo_loss(probs.log()[:1], old[:1], torch.tensor([1.0]), 1.0, 0.2)
+    close(loss, [[-1.2 * math.log(0.6), -0.5 * math.log(0.2), -1.1 * math.log(0.44)]])
+    assert clipped.tolist() == [[True, False, False]]
 
 
 def test_value_loss():

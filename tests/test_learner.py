@@ -50,6 +50,64 @@ def test_packed_batch_cut_at_its_last_completion_token_keeps_every_logprob():
         torch.testing.assert_close(lp[batch["mask"]], full[batch["mask"]])
 
 
+# ---------------------------------------------------------------- the loss config
+
+
+def test_loss_config_defaults_keep_todays_loss_and_resolve_the_correction_from_tis_cap():
+    from rlpost.rl.learner import PolicyLossConfig
+
+    default = PolicyLossConfig()
+    default.validate()
+    assert (default.policy_loss, default.clip_range(), default.resolved_correction()) == (
+        "ppo_clip",
+        (0.2, 0.2),
+        "none",
+    )
+    assert PolicyLossConfig(tis_cap=2.0).resolved_correction() == "tis"
+    assert PolicyLossConfig(correction="token_mask").resolved_correction() == "token_mask"
+    # GSPO clips the sequence ratio with its own, far smaller range; CISPO reuses clip_low/high
+    assert PolicyLossConfig(policy_loss="gspo", clip_low=0.1).clip_range() == (3e-4, 4e-4)
+    assert PolicyLossConfig(policy_loss="cispo", clip_low=1.0, clip_high=0.3).clip_range() == (1.0, 0.3)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"policy_loss": "grpo"}, r"loss.policy_loss: 'grpo' is not one of \['ppo_clip', 'gspo', 'cispo'\]"),
+        ({"gspo_clip_high": -1e-4}, r"loss.gspo_clip_high: -0.0001 must be >= 0"),
+        (
+            {"correction": "is"},
+            r"loss.correction: 'is' is not one of \['none', 'tis', 'token_mask', 'sequence_mask'\]",
+        ),
+        ({"correction": "tis"}, r"loss.correction: 'tis' needs loss.tis_cap > 0"),
+        ({"correction": "token_mask", "tis_cap": 2.0}, r"loss.tis_cap: 2.0 caps the 'tis' correction only"),
+        ({"correction": "none", "tis_cap": 2.0}, r"loss.tis_cap: 2.0 caps the 'tis' correction only"),
+        ({"correction_band": [0.5]}, r"loss.correction_band: \[0.5\] must be \[low, high\]"),
+        ({"correction_band": [1.2, 2.0]}, r"loss.correction_band: .* 0 < low <= 1 <= high"),
+        ({"correction_band": [0.0, 2.0]}, r"loss.correction_band: .* 0 < low <= 1 <= high"),
+    ],
+)
+def test_loss_config_errors_name_the_key(options, message):
+    from rlpost.config import ConfigError
+    from rlpost.rl.learner import PolicyLossConfig
+
+    with pytest.raises(ConfigError, match=message):
+        PolicyLossConfig(**options).validate()
+
+
+def test_loss_config_from_flags():
+    from rlpost.config import ConfigError, build
+    from rlpost.rl.learner import PolicyLossConfig
+
+    cfg = build(
+        PolicyLossConfig, {"policy_loss": "gspo", "correction": "sequence_mask", "correction_band": "[0.25, 4]"}
+    )
+    assert (cfg.policy_loss, cfg.resolved_correction(), cfg.correction_band) == ("gspo", "sequence_mask", [0.25, 4.0])
+    assert build(PolicyLossConfig, {"correction": "null", "tis_cap": 2.0}).resolved_correction() == "tis"
+    with pytest.raises(ConfigError, match="loss.correction: 'token-mask' is not one of"):
+        build(PolicyLossConfig, {"correction": "token-mask"})
+
+
 # ---------------------------------------------------------------- real learner ranks
 
 # A few trajectories of different lengths with per-token advantages; one has tool output (mask
@@ -124,22 +182,38 @@ def _train_each(worlds, trajectories):
     return list(zip(metrics[: len(worlds)], states[: len(worlds)]))
 
 
+MISMATCH_METRICS = ("mismatch/kl", "mismatch/ratio_max", "mismatch/masked_frac")
+
+
 def _assert_same_update(a, b):
     (metrics_a, state_a), (metrics_b, state_b) = a, b
     for key in ("loss", "grad_norm"):  # of order ADVANTAGE_SCALE: relative tolerances only
         assert metrics_a[key] == pytest.approx(metrics_b[key], rel=1e-5, abs=0), key
+    for key in MISMATCH_METRICS:
+        assert metrics_a[key] == pytest.approx(metrics_b[key], rel=1e-5), key
     assert state_a.keys() == state_b.keys()
     for name in state_a:
         torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_one_or_four_micro_batches_give_the_same_update(loss_agg, sft_run, ray_cluster):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss_agg": "token-mean", "tis_cap": TIS_CAP},
+        {"loss_agg": "seq-mean-token-mean", "tis_cap": TIS_CAP},
+        {"loss_agg": "seq-mean-token-sum-norm", "tis_cap": TIS_CAP},
+        # GSPO's sequence ratio and the sequence test both read each sequence's mask. The band drops
+        # every even sample (ratio above e^30) and keeps the odd ones: their geometric-mean ratio is
+        # that of the learner's probabilities, far above e^-69 for a 1024-token vocabulary.
+        {"loss_agg": "token-mean", "policy_loss": "gspo", "correction": "sequence_mask", "correction_band": [1e-30, 2]},
+    ],
+    ids=["tis-token-mean", "tis-seq-mean-token-mean", "tis-seq-mean-token-sum-norm", "gspo-sequence_mask"],
+)
+def test_one_or_four_micro_batches_give_the_same_update(options, sft_run, ray_cluster):
     import ray
 
     trajectories = _trajectories(7)
-    options = {"loss_agg": loss_agg, "tis_cap": TIS_CAP}
     whole = _start_learners(sft_run / "model", micro_batch_size=8, **options)
     split = _start_learners(sft_run / "model", micro_batch_size=2, **options)  # 4 micro-batches: 2, 2, 2, 1
     try:
@@ -150,13 +224,22 @@ def test_one_or_four_micro_batches_give_the_same_update(loss_agg, sft_run, ray_c
     _assert_same_update(*results)
     metrics = results[0][0]
     assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
-    # Truncated importance sampling: even samples' tokens are capped, odd ones' weights are
+    # Even samples' tokens are capped (or dropped with their sequence), odd ones' ratios are
     # probabilities of a 1024-token vocabulary, far below the cap.
     tokens = [sum(t.completion_mask) for t in trajectories]
     capped = sum(tokens[::2]) / sum(tokens)
-    assert metrics["tis/capped_frac"] == pytest.approx(capped)
-    assert TIS_CAP * capped < metrics["tis/weight_mean"] < TIS_CAP * capped + (1 - capped)
-    assert results[1][0]["tis/weight_mean"] == pytest.approx(metrics["tis/weight_mean"], rel=1e-5)
+    assert metrics["mismatch/masked_frac"] == pytest.approx(capped)
+    if "tis_cap" in options:
+        assert metrics["tis/capped_frac"] == pytest.approx(capped)
+        assert TIS_CAP * capped < metrics["tis/weight_mean"] < TIS_CAP * capped + (1 - capped)
+        assert results[1][0]["tis/weight_mean"] == pytest.approx(metrics["tis/weight_mean"], rel=1e-5)
+    else:
+        assert "tis/weight_mean" not in metrics
+    # The largest ratio is an even sample's, π_old · e^50 <= e^50; the token mean of k3 = r - 1 - log r
+    # (>= 0 on every token) is at least that token's term over all tokens.
+    ratio_max = metrics["mismatch/ratio_max"]
+    assert math.exp(30) < ratio_max <= math.exp(50)
+    assert metrics["mismatch/kl"] >= (ratio_max - 1 - math.log(ratio_max)) / sum(tokens) * (1 - 1e-5)
 
 
 @pytest.mark.slow
@@ -169,6 +252,9 @@ def test_two_learner_ranks_give_the_same_update_as_one(sft_run, ray_cluster):
     trajectories = _trajectories(5, seed=3)
     tokens = [sum(t.completion_mask) for t in trajectories]
     assert sum(tokens[::2]) > 2 * sum(tokens[1::2])
+    # The largest ratio π_old / π_sampler (~e^80 against the even samples' ~e^50) is on rank 1:
+    # rank 0 reports it only through the maximum over ranks.
+    trajectories[3].sampling_logprobs = [-80.0] * len(trajectories[3].completion_ids)
     options = {"loss_agg": "token-mean", "ppo_epochs": 2, "micro_batch_size": 1}
     pair = _start_learners(sft_run / "model", world_size=2, **options)
     single = _start_learners(sft_run / "model", **options)
@@ -178,6 +264,8 @@ def test_two_learner_ranks_give_the_same_update_as_one(sft_run, ray_cluster):
         for actor in pair + single:
             ray.kill(actor)
     _assert_same_update(*results)
+    assert results[0][0]["mismatch/ratio_max"] > math.exp(60)
+    assert results[0][0]["mismatch/masked_frac"] == 0.0  # no correction
 
 
 def test_broadcast_refuses_weights_that_do_not_match_the_receivers_specs():

@@ -128,3 +128,18 @@ def test_a_missing_model_path_names_the_key(tmp_path, monkeypatch):
     check_path("model_path", "HuggingFaceTB/SmolLM2-135M-Instruct")  # a hub id, for users with a network
     (tmp_path / "runs" / "model").mkdir()
     check_path("model_path", "runs/model")
+
+
+def test_async_rl_needs_an_off_policy_correction_and_no_refill(grpo_recipe):
+    with pytest.raises(ConfigError, match=r"async.max_staleness: 1 .* set loss.tis_cap .* or loss.correction"):
+        load_config(grpo_recipe.GRPOConfig, ["--async.max_staleness", "1"])
+    cfg = load_config(grpo_recipe.GRPOConfig, ["--async.max_staleness", "2", "--loss.correction", "token_mask"])
+    assert cfg.async_.max_staleness == 2 and cfg.loss.resolved_correction() == "token_mask"
+    with pytest.raises(ConfigError, match="algo.refill_rounds: .* needs async.max_staleness 0"):
+        load_config(
+            grpo_recipe.GRPOConfig, ["--async.max_staleness", "1", "--loss.tis_cap", "2", "--algo.refill_rounds", "1"]
+        )
+    with pytest.raises(ConfigError, match="async.max_staleness: -1: must be 0 or more|async.max_staleness: must be"):
+        load_config(grpo_recipe.GRPOConfig, ["--async.max_staleness", "-1"])
+    with pytest.raises(ConfigError, match="two ways of sampling with older weights"):
+        load_config(grpo_recipe.GRPOConfig, ["--async.max_staleness", "1", "--sync.every", "2", "--loss.tis_cap", "2"])

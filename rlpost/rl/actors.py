@@ -31,7 +31,7 @@ class SyncConfig:
     )
     every: int = doc(
         "Sync after every N learner updates. Above 1 the engines sample with stale weights: "
-        "set loss.tis_cap to correct for it (truncated importance sampling).",
+        "set loss.tis_cap or loss.correction to correct for it (importance sampling against the engine).",
         1,
     )
     timeout_s: float = doc(

@@ -15,11 +15,14 @@ from rlpost.distributed.tools import ToolConfig
 from rlpost.evaluate import EvalConfig
 from rlpost.metrics import LoggingConfig
 from rlpost.rl.actors import SyncConfig
-from rlpost.rl.learner import PolicyLossConfig
+from rlpost.rl.loss_config import PolicyLossConfig
 from rlpost.rl.monitor import MonitorConfig
 from rlpost.scoring.references import RewardSpec
 from rlpost.tasks import TASKS
 from rlpost.trainer import DeepSpeedConfig, OptimConfig
+
+# What the errors of samples drawn by older weights ask for.
+CORRECT = "loss.tis_cap (e.g. 2.0) or loss.correction ('token_mask', 'sequence_mask')"
 
 
 @dataclass
@@ -81,7 +84,7 @@ class AsyncConfig:
         "Asynchronous RL: how many policy updates older than the learner a trained sample may be. 0: "
         "on-policy (the engines wait while the learner trains). N >= 1: the engines sample the next N "
         "batches while the learner trains, each sample tagged with the policy version that sampled it; "
-        "the loss corrects with loss.tis_cap (truncated importance sampling against the engine's logprobs).",
+        "the loss corrects with loss.correction (or loss.tis_cap) against the logprobs the engine sampled with.",
         0,
     )
 
@@ -113,10 +116,11 @@ class RLConfig:
     async_: AsyncConfig = section(AsyncConfig)  # `async` in YAML and flags
 
     def validate(self):
-        if self.sync.every > 1 and self.loss.tis_cap <= 0:
+        uncorrected = self.loss.resolved_correction() == "none"
+        if self.sync.every > 1 and uncorrected:
             raise ConfigError(
                 f"sync.every: {self.sync.every} lets the engines sample with weights older than the learner's; "
-                "set loss.tis_cap (e.g. 2.0) so the learner corrects for it"
+                f"set {CORRECT} so the learner corrects for it"
             )
         staleness = self.async_.max_staleness
         if staleness and self.sync.every > 1:
@@ -124,8 +128,8 @@ class RLConfig:
                 f"async.max_staleness: {staleness} and sync.every: {self.sync.every} are two ways of sampling with "
                 "older weights; use one (async keeps the engines busy while the learner trains)"
             )
-        if staleness and self.loss.tis_cap <= 0:
+        if staleness and uncorrected:
             raise ConfigError(
-                f"async.max_staleness: {staleness} trains on samples of older policies; set loss.tis_cap "
-                "(e.g. 2.0) so the learner corrects for it"
+                f"async.max_staleness: {staleness} trains on samples of older policies; set {CORRECT} so the "
+                "learner corrects for it"
             )

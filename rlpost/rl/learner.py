@@ -17,20 +17,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 
-from rlpost.algorithms import (
-    KL_ESTIMATORS,
-    LOSS_AGG_MODES,
-    kl_penalty,
-    loss_count,
-    loss_sum,
-    ppo_clip_loss,
-    truncated_importance_weights,
-)
-from rlpost.config import ConfigError, doc
+from rlpost.algorithms import OFF_POLICY_CORRECTIONS, POLICY_LOSSES, kl_penalty, loss_count, loss_sum
 from rlpost.distributed.weight_sync import (
     broadcast_weights,
     create_weight_group,
@@ -41,40 +31,13 @@ from rlpost.distributed.weight_sync import (
     weight_specs,
 )
 from rlpost.model import load_model
+from rlpost.rl.loss_config import PolicyLossConfig
 from rlpost.rl.trajectory import Trajectory, length_sorted_parts, pack, packed_logprobs, shard, unpack
 from rlpost.tokenizer import load_tokenizer
 from rlpost.trainer import DeepSpeedConfig, DeepSpeedTrainer, OptimConfig, token_logprobs
 
-
-@dataclass
-class PolicyLossConfig:
-    clip_low: float = doc("PPO ratio clip below 1 (ratio >= 1 - clip_low).", 0.2)
-    clip_high: float = doc("PPO ratio clip above 1; > clip_low is DAPO's clip-higher (Yu et al. 2025).", 0.2)
-    loss_agg: str = doc(
-        "'token-mean' (DAPO), 'seq-mean-token-mean' (GRPO) or 'seq-mean-token-sum-norm' (Dr. GRPO, normalised "
-        "by the rollout's max_new_tokens). Aggregated over the whole mini-batch on all learner ranks.",
-        "token-mean",
-    )
-    kl_coef: float = doc("Weight of the KL penalty to the frozen reference policy; 0 loads no reference model.", 0.0)
-    kl_estimator: str = doc("KL estimator: 'k1', 'k2' or 'k3' (Schulman's low-variance estimator).", "k3")
-    ppo_epochs: int = doc("Passes over each batch of trajectories.", 1)
-    mini_batches: int = doc("Optimizer steps per epoch (the batch is split into this many mini-batches).", 1)
-    micro_batch_size: int = doc("Sequences per forward/backward (gradient accumulation within a mini-batch).", 64)
-    tis_cap: float = doc(
-        "Truncated importance sampling (Yao et al. 2025, 'Your Efficient RL Framework Secretly Brings You "
-        "Off-Policy RL Training'): each token's loss is weighted by min(π_old / π_sampler, tis_cap), where "
-        "π_sampler is the probability vLLM sampled the token with; corrects samples drawn by stale weights "
-        "(sync.every > 1) or a mismatched engine; 0 disables.",
-        0.0,
-    )
-
-    def validate(self):
-        if self.loss_agg not in LOSS_AGG_MODES:
-            raise ConfigError(f"loss.loss_agg: {self.loss_agg!r} is not one of {list(LOSS_AGG_MODES)}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ConfigError(f"loss.kl_estimator: {self.kl_estimator!r} is not one of {list(KL_ESTIMATORS)}")
-        if self.tis_cap < 0:
-            raise ConfigError(f"loss.tis_cap: {self.tis_cap} must be >= 0 (0 disables)")
+# Token metrics reported as their maximum over micro-batches and ranks rather than a token mean.
+MAX_METRICS = frozenset({"mismatch/ratio_max"})
 
 
 def _masked_sum(x: torch.Tensor, mask: torch.Tensor) -> float:
@@ -124,23 +87,28 @@ class Learner:
             self.reference = load_model(model_path, "bfloat16" if self.trainer.bf16 else "float32")
             self.reference.to(self.trainer.engine.device).eval()
             self.reference.requires_grad_(False)
-        # Token-weighted means reported by `train`, summed over micro-batches and ranks.
+        # Token-weighted means reported by `train`, summed over micro-batches and ranks (those in
+        # MAX_METRICS: maxima over them). The mismatch between the sampler and the learner is
+        # logged whether or not a correction is on.
         self.token_metrics = ["entropy", "clip_frac", "approx_kl", "logprob_gap"]
+        self.token_metrics += ["mismatch/kl", "mismatch/ratio_max", "mismatch/masked_frac"]
         if loss.kl_coef > 0:
             self.token_metrics.append("kl")
-        if loss.tis_cap > 0:
+        if loss.resolved_correction() == "tis":
             self.token_metrics += ["tis/weight_mean", "tis/capped_frac"]
         self.weight_group = None
         self.weight_specs = None
 
     # -- the update ----------------------------------------------------------------------------
     def train(self, trajectories: list[Trajectory], temperature: float = 1.0) -> dict:
-        """PPO-clip policy-gradient update on this rank's shard; returns metrics.
+        """Policy-gradient update (`loss.policy_loss`, `loss.correction`) on this rank's shard;
+        returns metrics.
 
         `temperature` is the sampling temperature: the policy being trained is the tempered one,
         whose logprobs are what vLLM reports for the sampled tokens. `loss` is the mean over
         optimizer steps of the mini-batch's global aggregate; the token metrics are means over all
-        ranks' tokens; `grad_norm` is DeepSpeed's global norm; `time/*` are this rank's."""
+        ranks' tokens (`mismatch/ratio_max`: the maximum over them); `grad_norm` is DeepSpeed's
+        global norm; `time/*` are this rank's."""
         cfg = self.loss_cfg
         if len(trajectories) < self.world_size:
             raise ValueError(f"{len(trajectories)} trajectories for {self.world_size} learner ranks")
@@ -189,20 +157,32 @@ class Learner:
                 step_counts.append(count)
                 grad_norms.append(self.trainer.grad_norm())
 
-        # One all-reduce for every reported sum.
+        # One all-reduce for every reported sum, and one for the maxima.
+        maxima = {k: sums.pop(k) for k in self.token_metrics if k in MAX_METRICS}
         totals = self.trainer.sum_over_ranks(torch.tensor([*step_sums, *sums.values()], dtype=torch.float64))
         step_losses = [s / max(c, 1.0) for s, c in zip(totals[: len(step_sums)].tolist(), step_counts)]
         token_sums = dict(zip(sums, totals[len(step_sums) :].tolist()))
         tokens = max(token_sums.pop("tokens"), 1.0)
         out = {k: v / tokens for k, v in token_sums.items()}
+        if maxima:
+            out.update(
+                zip(maxima, self._max_over_ranks(torch.tensor([*maxima.values()], dtype=torch.float64)).tolist())
+            )
         out["loss"] = sum(step_losses) / len(step_losses) if step_losses else math.nan
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         out["lr"] = self.trainer.lr()
         return out
 
+    def _max_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum of a small tensor over all ranks (a new CPU tensor); every rank must call."""
+        reduced = values.to(self.trainer.engine.device, copy=True)  # NCCL reduces GPU tensors only
+        torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.MAX)
+        return reduced.cpu()
+
     def _optimizer_step(self, batch, mini, parts, old_lp, ref_lp, temperature, sums) -> tuple[float, float]:
         """One optimizer step on the mini-batch `mini` (indices into this rank's shard), split
-        into the micro-batches `parts`; adds the token metrics' sums into `sums`. Returns this
+        into the micro-batches `parts`; adds the token metrics' sums into `sums` (and takes the
+        maximum for those in MAX_METRICS, whose 0 start is below any ratio). Returns this
         rank's loss sum and the count over all ranks that the mini-batch's loss is divided by."""
         cfg = self.loss_cfg
         count = self.trainer.sum_over_ranks(loss_count(batch["mask"][mini], cfg.loss_agg, self.max_new_tokens))
@@ -221,7 +201,7 @@ class Learner:
             if not filler:
                 step_sum += part_sum.item()
                 for k, v in stats.items():
-                    sums[k] += v
+                    sums[k] = max(sums[k], v) if k in MAX_METRICS else sums[k] + v
         return step_sum, count.item()
 
     def _micro_batch_loss(self, batch, idx, old_lp, ref_lp, temperature):
@@ -236,18 +216,23 @@ class Learner:
         logprobs = token_logprobs(logits, input_ids)
         old = old_lp[idx, :width] if old_lp is not None else logprobs.detach()
         advantages = batch["advantages"][idx, :width]
-        per_token, clipped = ppo_clip_loss(logprobs, old, advantages, cfg.clip_low, cfg.clip_high)
+        per_token, clipped = POLICY_LOSSES[cfg.policy_loss](logprobs, old, advantages, *cfg.clip_range(), mask=mask)
         stats = {
             "tokens": mask.sum().item(),
             "clip_frac": _masked_sum(clipped, mask),
             # how far this update has moved the policy from the sampling one (k2 estimate)
             "approx_kl": _masked_sum(0.5 * (logprobs.detach() - old) ** 2, mask),
         }
-        if cfg.tis_cap > 0:
-            weights = truncated_importance_weights(old, sampling, cfg.tis_cap)
+        correction = cfg.resolved_correction()
+        weights, corrected = OFF_POLICY_CORRECTIONS[correction](
+            old, sampling, mask, cap=cfg.tis_cap, band=cfg.correction_band
+        )
+        if correction != "none":
             per_token = per_token * weights
+        stats["mismatch/masked_frac"] = _masked_sum(corrected, mask)
+        if correction == "tis":
             stats["tis/weight_mean"] = _masked_sum(weights, mask)
-            stats["tis/capped_frac"] = _masked_sum(old - sampling > math.log(cfg.tis_cap), mask)
+            stats["tis/capped_frac"] = _masked_sum(corrected, mask)
         if cfg.kl_coef > 0:
             kl = kl_penalty(logprobs, ref_lp[idx, :width], cfg.kl_estimator)
             per_token = per_token + cfg.kl_coef * kl
@@ -259,6 +244,12 @@ class Learner:
             # Training/inference mismatch: how far the learner's probability of each sampled
             # token is from the probability vLLM sampled it with.
             stats["logprob_gap"] = _masked_sum((logprobs.detach() - sampling).exp().sub(1).abs(), mask)
+            # The sampler/learner mismatch the corrections act on: k3 estimate of KL(π_sampler ‖ π_old)
+            # (the tokens are π_sampler's samples) and the largest ratio π_old / π_sampler, in float64
+            # so a stale token's ratio stays finite (an empty mask gives exp(-inf) = 0).
+            stats["mismatch/kl"] = _masked_sum(kl_penalty(sampling, old, "k3"), mask)
+            log_ratio = torch.where(mask, (old - sampling).double(), -math.inf)
+            stats["mismatch/ratio_max"] = log_ratio.max().exp().item()
         return per_token, mask, stats
 
     def _reference_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
