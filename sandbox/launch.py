@@ -29,7 +29,7 @@ TIERS = ("bwrap", "landlock-seccomp", "rlimits")
 SANDBOX_UID = SANDBOX_GID = 65534  # "nobody"
 STAGING_PREFIX = "rlpost-sandbox-"
 WORKER_PACKAGE = "sandbox_worker"  # name of the staged copy of the worker-side modules
-WORKER_MODULES = ("worker.py", "protocol.py", "landlock.py", "seccomp_filter.py")
+WORKER_MODULES = ("worker.py", "hardening.py", "protocol.py", "landlock.py", "seccomp_filter.py")
 CODE_DIR_IN_SANDBOX = "/opt/sandbox-worker"
 SCRATCH_IN_SANDBOX = "/tmp/work"
 WORKER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}

@@ -5,9 +5,8 @@ bubblewrap when available. It only ever imports the stdlib and its sibling modul
 (copied next to it by the pool), so it runs under any Python 3.9+ the sandbox can see.
 
 Per request (see protocol.py) it forks a child that confines itself, in this order:
-own process group, death signal tied to the worker, stdio on fresh pipes, Landlock
-(read-only system paths, writable scratch, no execve), every other fd closed, rlimits
-(CPU, address space, processes, file size, open files, no core dumps), seccomp; then it runs
+own process group, death signal tied to the worker, stdio on fresh pipes, then the
+`Hardening` of hardening.py (Landlock, every other fd closed, rlimits, seccomp); then it runs
 the code in a fresh `__main__` namespace like `python -I -c`. The worker feeds stdin,
 collects stdout/stderr up to the byte limit, enforces the wall-clock timeout, and afterwards
 kills and reaps everything the snippet left behind before answering.
@@ -15,102 +14,24 @@ kills and reaps everything the snippet left behind before answering.
 
 import atexit
 import builtins
-import ctypes
 import io
 import json
-import math
 import os
-import resource
 import select
 import shutil
 import signal
-import stat
 import sys
 import time
 import traceback
 import types
 
-from . import landlock, protocol, seccomp_filter
+from . import protocol
+from .hardening import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_PDEATHSIG, Hardening, drop_privileges, prctl
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_DUMPABLE = 4
-_PR_SET_CHILD_SUBREAPER = 36
 SETUP_FAILED_EXIT = 125
 SETUP_FAILED_MARKER = "sandbox setup failed:"
 _READ_CHUNK = 65536
 _DRAIN_SECONDS = 1.0
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, value: int) -> None:
-    zero = ctypes.c_ulong(0)
-    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), zero, zero, zero) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _drop_privileges(uid: int, gid: int) -> None:
-    """Become uid/gid for good (real, effective and saved ids) and shed every capability."""
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    # Changing all uids away from 0 clears the effective and permitted sets; the inheritable
-    # set would survive, so zero it explicitly with capset().
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)()
-    if _libc.capset(header, data) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "capset: " + os.strerror(err))
-    if os.getuid() == 0 or os.geteuid() == 0:
-        raise RuntimeError("still root after dropping privileges")
-
-
-class Hardening:
-    """What each snippet child applies to itself; decided once when the worker starts."""
-
-    def __init__(self, config: dict):
-        self.scratch = config["scratch"]
-        # Writable folders: the scratch folder, plus a private /dev/shm inside bwrap (needed
-        # by multiprocessing locks; never the host's, which may hold Ray's object store).
-        self.write_paths = [self.scratch] + list(config.get("extra_write_paths", []))
-        self.folder_modes = {path: stat.S_IMODE(os.stat(path).st_mode) for path in self.write_paths}
-        # The interpreter's own installation must stay readable for imports.
-        self.read_paths = list(config["read_paths"]) + sorted({sys.base_prefix, sys.base_exec_prefix})
-        self.landlock_abi = landlock.abi_version()
-        self.seccomp = seccomp_filter.supported()
-        self.require_landlock = config.get("require_landlock", False)
-        self.require_seccomp = config.get("require_seccomp", False)
-        self.landlock_ruleset = None
-        if self.landlock_abi:
-            self.landlock_ruleset = landlock.build_ruleset(
-                self.landlock_abi,
-                read_paths=self.read_paths,
-                write_paths=self.write_paths,
-                read_write_files=["/dev/null", "/dev/zero"],
-            )
-
-    def apply(self, request: dict) -> None:
-        if self.landlock_ruleset is not None:
-            landlock.enforce(self.landlock_ruleset)
-        elif self.require_landlock:
-            raise OSError("Landlock is required but unavailable")
-        os.closerange(3, 1 << 20)  # protocol pipes, pidfds, anything inherited from the worker
-        cpu_s = max(1, math.ceil(float(request["timeout_s"]))) + 1
-        limits = {
-            resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),
-            resource.RLIMIT_AS: (int(request["memory_mb"]) << 20,) * 2,
-            resource.RLIMIT_NPROC: (int(request["max_processes"]),) * 2,
-            resource.RLIMIT_FSIZE: (int(request["max_file_mb"]) << 20,) * 2,
-            resource.RLIMIT_NOFILE: (int(request["max_open_files"]),) * 2,
-            resource.RLIMIT_CORE: (0, 0),
-        }
-        for kind, (soft, hard) in limits.items():
-            resource.setrlimit(kind, (soft, hard))
-        if self.seccomp:
-            seccomp_filter.install(os.getpid())
-        elif self.require_seccomp:
-            raise OSError("seccomp is required but unsupported on this architecture")
 
 
 def _exit_status_of(exc: SystemExit) -> int:
@@ -172,7 +93,7 @@ def _child(request: dict, hardening: Hardening, stdin_r: int, stdout_w: int, std
     try:
         try:
             os.setpgid(0, 0)  # own process group: the worker kills the snippet by group
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             os.dup2(stdin_r, 0)
             os.dup2(stdout_w, 1)
             os.dup2(stderr_w, 2)
@@ -280,7 +201,83 @@ def _clear_folder(path: str, mode: int) -> None:
             pass
 
 
+class _StdinFeeder:
+    """Writes the request's stdin into the snippet's stdin pipe as fast as the pipe takes it."""
+
+    def __init__(self, fd: int, data: bytes):
+        self.fd, self.pending = fd, memoryview(data)
+        if not self.pending:
+            self.close()
+
+    def write(self) -> bool:
+        """Write what the pipe takes now; True once everything is written (or the snippet
+        closed its stdin)."""
+        try:
+            self.pending = self.pending[os.write(self.fd, self.pending[:_READ_CHUNK]) :]
+        except BlockingIOError:
+            pass
+        except OSError:  # the snippet closed its stdin
+            self.pending = self.pending[:0]
+        return not self.pending
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _supervise(pid: int, exit_fd, stdin: _StdinFeeder, out: _Collector, err: _Collector, deadline: float):
+    """Feed stdin and collect output until the child exits, the deadline passes or a stream
+    overflows. Returns (timed_out, wait status or None when the child was not reaped here)."""
+    poller = select.poll()
+    by_fd = {out.fd: out, err.fd: err}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    if exit_fd is not None:
+        poller.register(exit_fd, select.POLLIN)
+    if stdin.fd is not None:
+        poller.register(stdin.fd, select.POLLOUT)
+    exited, status = False, None
+    while not (out.overflowed or err.overflowed):
+        wait_s = deadline - time.monotonic()
+        if wait_s <= 0:
+            return True, status
+        if exit_fd is None:
+            wait_s = min(wait_s, 0.01)  # no pidfd: poll the child's state
+        for fd, _events in poller.poll(wait_s * 1000):
+            if fd == exit_fd:
+                exited = True
+            elif fd == stdin.fd:
+                if stdin.write():
+                    poller.unregister(fd)
+                    stdin.close()
+            else:
+                collector = by_fd[fd]
+                collector.read()
+                if not collector.open:
+                    poller.unregister(fd)
+        if exit_fd is None and not exited:
+            reaped, wait_status = os.waitpid(pid, os.WNOHANG)
+            if reaped:
+                exited, status = True, wait_status
+        if exited:
+            break
+    return False, status
+
+
+def _drain(collectors) -> None:
+    """Every writer is dead, so the pipes reach EOF quickly; collect what is left."""
+    drain_deadline = time.monotonic() + _DRAIN_SECONDS
+    for collector in collectors:
+        os.set_blocking(collector.fd, True)
+        while collector.open and not collector.overflowed and time.monotonic() < drain_deadline:
+            if not select.select([collector.fd], [], [], max(0.0, drain_deadline - time.monotonic()))[0]:
+                break
+            collector.read()
+
+
 def run_snippet(request: dict, hardening: Hardening, code_dir: str) -> dict:
+    """Run one request in a forked, confined child; the reply the pool turns into a Result."""
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
@@ -296,55 +293,10 @@ def run_snippet(request: dict, hardening: Hardening, code_dir: str) -> dict:
         exit_fd = None
     limit = int(request["max_output_bytes"])
     out, err = _Collector(stdout_r, limit), _Collector(stderr_r, limit)
-    pending_stdin = memoryview(request.get("stdin", "").encode("utf-8", errors="replace"))
     for fd in (stdin_w, stdout_r, stderr_r):
         os.set_blocking(fd, False)
-    if not pending_stdin:
-        os.close(stdin_w)
-        stdin_w = None
-
-    poller = select.poll()
-    by_fd = {out.fd: out, err.fd: err}
-    for fd in by_fd:
-        poller.register(fd, select.POLLIN)
-    if exit_fd is not None:
-        poller.register(exit_fd, select.POLLIN)
-    if stdin_w is not None:
-        poller.register(stdin_w, select.POLLOUT)
-    deadline = started + float(request["timeout_s"])
-    timed_out = exited = False
-    status = None
-    while not (out.overflowed or err.overflowed):
-        wait_s = deadline - time.monotonic()
-        if wait_s <= 0:
-            timed_out = True
-            break
-        if exit_fd is None:
-            wait_s = min(wait_s, 0.01)  # no pidfd: poll the child's state
-        for fd, _events in poller.poll(wait_s * 1000):
-            if fd == exit_fd:
-                exited = True
-            elif fd == stdin_w:
-                try:
-                    pending_stdin = pending_stdin[os.write(stdin_w, pending_stdin[:_READ_CHUNK]) :]
-                except BlockingIOError:
-                    pass
-                except OSError:  # the snippet closed its stdin
-                    pending_stdin = pending_stdin[:0]
-                if not pending_stdin:
-                    poller.unregister(stdin_w)
-                    os.close(stdin_w)
-                    stdin_w = None
-            else:
-                collector = by_fd[fd]
-                collector.read()
-                if not collector.open:
-                    poller.unregister(fd)
-        if exit_fd is None and not exited:
-            reaped, status = os.waitpid(pid, os.WNOHANG)
-            exited = reaped != 0
-        if exited:
-            break
+    stdin = _StdinFeeder(stdin_w, request.get("stdin", "").encode("utf-8", errors="replace"))
+    timed_out, status = _supervise(pid, exit_fd, stdin, out, err, started + float(request["timeout_s"]))
 
     # The main process is gone, too slow or too loud: nothing of the snippet may survive it.
     # Kill its group before reaping it, so the group id cannot have been reused meanwhile.
@@ -356,15 +308,9 @@ def run_snippet(request: dict, hardening: Hardening, code_dir: str) -> dict:
         _, status = os.waitpid(pid, 0)
     _kill_and_reap_leftovers()
     duration = time.monotonic() - started
-    # Every writer is dead now, so the pipes reach EOF quickly; collect what is left.
-    drain_deadline = time.monotonic() + _DRAIN_SECONDS
-    for collector in (out, err):
-        os.set_blocking(collector.fd, True)
-        while collector.open and not collector.overflowed and time.monotonic() < drain_deadline:
-            if not select.select([collector.fd], [], [], max(0.0, drain_deadline - time.monotonic()))[0]:
-                break
-            collector.read()
-    for fd in (stdin_w, stdout_r, stderr_r, exit_fd):
+    _drain((out, err))
+    stdin.close()
+    for fd in (stdout_r, stderr_r, exit_fd):
         if fd is not None:
             os.close(fd)
     for path, mode in hardening.folder_modes.items():
@@ -399,11 +345,11 @@ def main(config_json: str) -> None:
     # The protocol owns fds 0 and 1; keep stray prints of the worker itself off them.
     sys.stdout = sys.stderr
     if config.get("drop_to") and os.getuid() == 0:
-        _drop_privileges(*config["drop_to"])
+        drop_privileges(*config["drop_to"])
     if os.getuid() == 0 or os.geteuid() == 0:
         raise SystemExit("refusing to run snippets as root")
-    _prctl(_PR_SET_DUMPABLE, 0)  # other processes of this uid may not ptrace or read our memory
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of a snippet come back to us to be killed
+    prctl(PR_SET_DUMPABLE, 0)  # other processes of this uid may not ptrace or read our memory
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a snippet come back to us to be killed
     scratch = config["scratch"]
     os.makedirs(scratch, mode=0o700, exist_ok=True)
     os.chmod(scratch, 0o700)

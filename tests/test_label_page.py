@@ -1,4 +1,4 @@
-"""The ranking page (rlpost.rlhf.label_server) in a real browser, its JSON API over HTTP, and sampling.
+"""The ranking page (recipes/label.py) in a real browser, its JSON API over HTTP, and sampling.
 
 The browser is Debian's chromium driven by Playwright; the page shuffles the responses per view,
 so every expected `order` is computed from the order the DOM showed (response text → original
@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.config import ConfigError, load_config
+from rlpost.config import ConfigError, load_config, load_recipe
 from rlpost.rlhf.candidates import candidates_path_for, sample_candidates
-from rlpost.rlhf.label_server import LabelConfig, LabelServer
+from rlpost.rlhf.label_server import LabelServer
+
+LabelConfig = load_recipe("label").LabelConfig
 
 CANDIDATES = [
     {
@@ -110,6 +112,44 @@ def card(page, label: str):
     return page.locator(f'#cards .card[data-label="{label}"]')
 
 
+def rank_by_drag_and_keys(page) -> list[dict]:
+    """On the first prompt: drag cards, tie two with a digit key, drag again. Returns the cards
+    as first shown, d0..d3; the page ends ranked d0 = d2 (best), then d1, then d3."""
+    from playwright.sync_api import expect
+
+    first = shown(page)
+    assert [c["label"] for c in first] == ["A", "B", "C", "D"]
+    assert [c["rank"] for c in first] == [None] * 4
+    expect(page.locator("#submit")).to_be_disabled()
+
+    # Drag the bottom card onto the top one: the list order becomes a strict ranking.
+    d0, d1, d2, d3 = first
+    card(page, d3["label"]).drag_to(card(page, d0["label"]))
+    after_drag = shown(page)
+    assert [c["label"] for c in after_drag] == [d3["label"], d0["label"], d1["label"], d2["label"]]
+    assert [c["rank"] for c in after_drag] == [1, 2, 3, 4]
+
+    # Select the last card and press 2: it ties with the card ranked 2 and moves up beside it.
+    card(page, d2["label"]).click()
+    page.keyboard.press("2")
+    ranked = shown(page)
+    assert [(c["label"], c["rank"], c["tied"]) for c in ranked] == [
+        (d3["label"], 1, False),
+        (d0["label"], 2, True),
+        (d2["label"], 2, True),
+        (d1["label"], 3, False),
+    ]
+    # Drag the top card down onto the bottom one: it takes the last place; the tie stays a tie.
+    card(page, d3["label"]).drag_to(card(page, d1["label"]))
+    assert [(c["label"], c["rank"]) for c in shown(page)] == [
+        (d0["label"], 1),
+        (d2["label"], 1),
+        (d1["label"], 2),
+        (d3["label"], 3),
+    ]
+    return first
+
+
 def test_rank_by_drag_and_keys_skip_unrankable_then_resume(page, tmp_path):
     from playwright.sync_api import expect
 
@@ -118,36 +158,7 @@ def test_rank_by_drag_and_keys_skip_unrankable_then_resume(page, tmp_path):
         page.goto(server.url)
         expect(page.locator("#progress")).to_have_text("1 of 3")
         expect(page.locator("#prompt")).to_have_text(CANDIDATES[0]["prompt"])
-        first = shown(page)
-        assert [c["label"] for c in first] == ["A", "B", "C", "D"]
-        assert [c["rank"] for c in first] == [None] * 4
-        expect(page.locator("#submit")).to_be_disabled()
-
-        # Drag the bottom card onto the top one: the list order becomes a strict ranking.
-        d0, d1, d2, d3 = first
-        card(page, d3["label"]).drag_to(card(page, d0["label"]))
-        after_drag = shown(page)
-        assert [c["label"] for c in after_drag] == [d3["label"], d0["label"], d1["label"], d2["label"]]
-        assert [c["rank"] for c in after_drag] == [1, 2, 3, 4]
-
-        # Select the last card and press 2: it ties with the card ranked 2 and moves up beside it.
-        card(page, d2["label"]).click()
-        page.keyboard.press("2")
-        ranked = shown(page)
-        assert [(c["label"], c["rank"], c["tied"]) for c in ranked] == [
-            (d3["label"], 1, False),
-            (d0["label"], 2, True),
-            (d2["label"], 2, True),
-            (d1["label"], 3, False),
-        ]
-        # Drag the top card down onto the bottom one: it takes the last place; the tie stays a tie.
-        card(page, d3["label"]).drag_to(card(page, d1["label"]))
-        assert [(c["label"], c["rank"]) for c in shown(page)] == [
-            (d0["label"], 1),
-            (d2["label"], 1),
-            (d1["label"], 2),
-            (d3["label"], 3),
-        ]
+        d0, d1, d2, d3 = rank_by_drag_and_keys(page)
         expect(page.locator("#submit")).to_be_enabled()
         page.fill("#note", "tie between two right answers")
         page.press("#note", "Control+Enter")

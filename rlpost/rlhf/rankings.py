@@ -21,10 +21,10 @@ One JSONL line per ranked prompt:
 - `{"prompt": ..., "responses": [...], "unrankable": true, "labeler": ...}` records that a person
   marked the prompt unrankable: readers skip the line and count it.
 
-Besides this format, `read_pairs` takes chosen/rejected preference pairs (TRL, OpenRLHF) and
-`read_hh_rlhf` takes Anthropic HH-RLHF transcripts; `load_rankings` reads any mix of the three.
-Every reader is strict: a bad line raises RankingError "path:line: problem" before anything is
-returned. `append_ranking` adds one validated line, safe against concurrent writers.
+`read_rankings` is strict: a bad line raises RankingError "path:line: problem" before anything
+is returned. `append_ranking` adds one validated line, safe against concurrent writers, and
+`split_by_prompt` holds out whole prompts. Chosen/rejected pairs and HH-RLHF transcripts are read
+into the same Rankings by rlpost/rlhf/ranking_formats.py, whose `load_rankings` takes any mix.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import json
 import math
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -42,9 +41,6 @@ from pathlib import Path
 
 from rlpost.chat import ROLES
 from rlpost.data import read_jsonl
-
-FORMATS = ("rankings", "pairs", "hh")
-HH_SKIP_REASONS = ("contexts_differ", "empty_response", "identical_responses", "prompt_not_user_turn")
 
 
 class RankingError(ValueError):
@@ -82,7 +78,7 @@ class Ranking:
         both mean the same prompt."""
         if isinstance(self.prompt, str):
             return self.prompt
-        if len(self.prompt) == 1 and _is_plain_user_turn(self.prompt[0]):
+        if len(self.prompt) == 1 and is_plain_user_turn(self.prompt[0]):
             return self.prompt[0]["content"]
         return json.dumps(list(self.prompt), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
@@ -105,7 +101,7 @@ class RankingSet(list):
     """A list of Rankings read from files, with what reading left out.
 
     `skipped` counts lines or pairs not turned into rankings, by reason: "unrankable" lines, and
-    for HH-RLHF the pairs in HH_SKIP_REASONS. `formats` maps each file to the format it was read as.
+    for HH-RLHF the pairs in ranking_formats.HH_SKIP_REASONS. `formats` maps each file to the format it was read as.
     """
 
     def __init__(self, rankings: Iterable[Ranking] = (), skipped: dict | None = None, formats: dict | None = None):
@@ -127,22 +123,24 @@ class RankingSet(list):
         }
 
 
-def _is_plain_user_turn(message: dict) -> bool:
+def is_plain_user_turn(message: dict) -> bool:
+    """A user message with nothing but role and content: it means the same prompt as its text."""
     return set(message) == {"role", "content"} and message["role"] == "user"
 
 
-def _type_name(value) -> str:
+def type_name(value) -> str:
+    """The JSON-ish name of a value's type, for error messages."""
     return "null" if value is None else type(value).__name__
 
 
-def _check_prompt(prompt) -> str | tuple:
+def check_prompt(prompt) -> str | tuple:
     """The prompt as stored in a Ranking, or RankingError naming what is wrong with it."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise RankingError("prompt is empty")
         return prompt
     if not isinstance(prompt, list):
-        raise RankingError(f"prompt must be a string or a list of messages, got {_type_name(prompt)}")
+        raise RankingError(f"prompt must be a string or a list of messages, got {type_name(prompt)}")
     if not prompt:
         raise RankingError("prompt is an empty message list")
     for i, message in enumerate(prompt):
@@ -161,12 +159,12 @@ def _check_prompt(prompt) -> str | tuple:
 
 def _check_responses(responses) -> tuple[str, ...]:
     if not isinstance(responses, list):
-        raise RankingError(f"responses must be a list of strings, got {_type_name(responses)}")
+        raise RankingError(f"responses must be a list of strings, got {type_name(responses)}")
     if len(responses) < 2:
         raise RankingError(f"needs K >= 2 responses, got {len(responses)}")
     for i, response in enumerate(responses):
         if not isinstance(response, str):
-            raise RankingError(f"response {i} is not a string ({_type_name(response)})")
+            raise RankingError(f"response {i} is not a string ({type_name(response)})")
         if not response.strip():
             raise RankingError(f"response {i} is empty")
     return tuple(responses)
@@ -179,7 +177,7 @@ def _is_index(value) -> bool:
 def parse_order(order, k: int) -> tuple[int, ...]:
     """Ranks (tier per response, 0 = best) from an `order` list over k responses."""
     if not isinstance(order, list):
-        raise RankingError(f"order must be a list (best → worst), got {_type_name(order)}")
+        raise RankingError(f"order must be a list (best → worst), got {type_name(order)}")
     ranks: list[int | None] = [None] * k
     for tier, item in enumerate(order):
         group = item if isinstance(item, list) else [item]
@@ -202,19 +200,15 @@ def parse_order(order, k: int) -> tuple[int, ...]:
 def _optional_string(record: dict, key: str) -> str | None:
     value = record.get(key)
     if value is not None and not isinstance(value, str):
-        raise RankingError(f"{key} must be a string, got {_type_name(value)}")
+        raise RankingError(f"{key} must be a string, got {type_name(value)}")
     return value
-
-
-def _with_source(source: str, error: RankingError) -> RankingError:
-    return RankingError(f"{source}: {error}")
 
 
 def ranking_from_record(record, source: str) -> Ranking | None:
     """A Ranking from one native record, None for an "unrankable" line; RankingError otherwise."""
     try:
         if not isinstance(record, dict):
-            raise RankingError(f"not a JSON object (got {_type_name(record)})")
+            raise RankingError(f"not a JSON object (got {type_name(record)})")
         unrankable = record.get("unrankable", False)
         if not isinstance(unrankable, bool):
             raise RankingError(f"unrankable must be true or false, got {json.dumps(unrankable)}")
@@ -222,7 +216,7 @@ def ranking_from_record(record, source: str) -> Ranking | None:
         for key in required:
             if key not in record:
                 raise RankingError(f"missing key {key!r}")
-        prompt = _check_prompt(record["prompt"])
+        prompt = check_prompt(record["prompt"])
         labeler, note = _optional_string(record, "labeler"), _optional_string(record, "note")
         if unrankable:
             # The page may mark a prompt unrankable because a response is empty: only the types matter.
@@ -233,11 +227,11 @@ def ranking_from_record(record, source: str) -> Ranking | None:
         responses = _check_responses(record["responses"])
         ranks = parse_order(record["order"], len(responses))
     except RankingError as e:
-        raise _with_source(source, e) from None
+        raise RankingError(f"{source}: {e}") from None
     return Ranking(prompt, responses, ranks, labeler, note, source)
 
 
-def _records(path: str | Path) -> Iterator[tuple[str, object]]:
+def read_records(path: str | Path) -> Iterator[tuple[str, object]]:
     """("path:line", record) for each non-blank line; invalid JSON is a RankingError too."""
     try:
         for lineno, record in read_jsonl(path):
@@ -249,178 +243,13 @@ def _records(path: str | Path) -> Iterator[tuple[str, object]]:
 def read_rankings(path: str | Path) -> RankingSet:
     """The native format; `skipped["unrankable"]` counts lines marked unrankable."""
     rankings, skipped = [], Counter()
-    for source, record in _records(path):
+    for source, record in read_records(path):
         ranking = ranking_from_record(record, source)
         if ranking is None:
             skipped["unrankable"] += 1
         else:
             rankings.append(ranking)
     return RankingSet(rankings, skipped, {str(path): "rankings"})
-
-
-def _simplify_prompt(messages: list[dict]) -> str | list[dict]:
-    """A single plain user turn is written as its text, as in the native format."""
-    return messages[0]["content"] if len(messages) == 1 and _is_plain_user_turn(messages[0]) else messages
-
-
-def _split_conversation(side: str, messages: list) -> tuple[list[dict], str]:
-    """(context, final assistant content) of a chosen/rejected message list."""
-    if not messages:
-        raise RankingError(f"{side} is an empty message list")
-    last = messages[-1]
-    if not isinstance(last, dict) or last.get("role") != "assistant" or not isinstance(last.get("content"), str):
-        raise RankingError(f"{side} must end with an assistant message with string 'content'")
-    return messages[:-1], last["content"]
-
-
-def _pair_from_record(record, source: str) -> Ranking:
-    try:
-        if not isinstance(record, dict):
-            raise RankingError(f"not a JSON object (got {_type_name(record)})")
-        for key in ("chosen", "rejected"):
-            if key not in record:
-                raise RankingError(f"missing key {key!r}")
-        chosen, rejected = record["chosen"], record["rejected"]
-        if isinstance(chosen, str) and isinstance(rejected, str):
-            if "prompt" not in record:
-                raise RankingError("missing key 'prompt' (needed when chosen and rejected are strings)")
-            prompt = record["prompt"]
-        elif isinstance(chosen, list) and isinstance(rejected, list):
-            chosen_context, chosen = _split_conversation("chosen", chosen)
-            rejected_context, rejected = _split_conversation("rejected", rejected)
-            if chosen_context != rejected_context:
-                raise RankingError("chosen and rejected have different messages before their final response")
-            if "prompt" in record:
-                prompt = record["prompt"]
-                if chosen_context:  # as in OpenRLHF: chosen and rejected continue the given prompt
-                    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-                    prompt = prompt + chosen_context if isinstance(prompt, list) else prompt
-            elif chosen_context:
-                prompt = _simplify_prompt(chosen_context)
-            else:
-                raise RankingError("missing key 'prompt' (chosen and rejected have no messages before the response)")
-        else:
-            raise RankingError(
-                f"chosen and rejected must both be strings or both be message lists, "
-                f"got {_type_name(chosen)} and {_type_name(rejected)}"
-            )
-        prompt = _check_prompt(prompt)
-        for side, response in (("chosen", chosen), ("rejected", rejected)):
-            if not response.strip():
-                raise RankingError(f"{side} response is empty")
-    except RankingError as e:
-        raise _with_source(source, e) from None
-    return Ranking(prompt, (chosen, rejected), (0, 1), source=source)
-
-
-def read_pairs(path: str | Path) -> RankingSet:
-    """Chosen/rejected pairs, `{"prompt"?, "chosen", "rejected"}`, each a K = 2 ranking (0, 1).
-
-    chosen/rejected are strings (then `prompt` is required) or message lists whose final
-    assistant message is the response; the messages before it are the prompt, or continue the
-    `prompt` when one is given."""
-    rankings = [_pair_from_record(record, source) for source, record in _records(path)]
-    return RankingSet(rankings, formats={str(path): "pairs"})
-
-
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-def parse_hh_transcript(transcript: str) -> list[dict]:
-    """ "\\n\\nHuman: ...\\n\\nAssistant: ..." as messages; turn contents are stripped of surrounding space."""
-    if not transcript.startswith("\n\nHuman:"):
-        raise RankingError("not an HH-RLHF transcript (must start with '\\n\\nHuman:')")
-    parts = _HH_TURN.split(transcript)[1:]  # [role, content, role, content, ...]
-    return [{"role": _HH_ROLES[role], "content": content.strip()} for role, content in zip(parts[::2], parts[1::2])]
-
-
-def _hh_pair(record, source: str) -> Ranking | str:
-    """A Ranking, or the HH_SKIP_REASONS reason this pair is left out."""
-    try:
-        if not isinstance(record, dict):
-            raise RankingError(f"not a JSON object (got {_type_name(record)})")
-        sides = []
-        for key in ("chosen", "rejected"):
-            if key not in record:
-                raise RankingError(f"missing key {key!r}")
-            if not isinstance(record[key], str):
-                raise RankingError(f"{key} must be a transcript string, got {_type_name(record[key])}")
-            try:
-                messages = parse_hh_transcript(record[key])
-            except RankingError as e:
-                raise RankingError(f"{key}: {e}") from None
-            if messages[-1]["role"] != "assistant":
-                raise RankingError(f"{key}: the transcript does not end with an Assistant turn")
-            sides.append(messages)
-    except RankingError as e:
-        raise _with_source(source, e) from None
-    (*context, chosen), (*rejected_context, rejected) = sides
-    if context != rejected_context:
-        return "contexts_differ"
-    if not chosen["content"] or not rejected["content"]:
-        return "empty_response"
-    if chosen["content"] == rejected["content"]:
-        return "identical_responses"
-    if not context or context[-1]["role"] != "user":
-        return "prompt_not_user_turn"  # e.g. two Assistant turns in a row before the response
-    return Ranking(
-        _check_prompt(_simplify_prompt(context)), (chosen["content"], rejected["content"]), (0, 1), source=source
-    )
-
-
-def read_hh_rlhf(path: str | Path) -> RankingSet:
-    """Anthropic HH-RLHF `{"chosen": transcript, "rejected": transcript}` pairs (.jsonl or .jsonl.gz).
-
-    The prompt is every turn before the final Assistant turn (its text when that is one Human
-    turn); the responses are the two final Assistant turns, chosen first. Pairs whose contexts
-    differ, with an empty or identical final response, or whose response does not follow a Human
-    turn are counted in `skipped` (see HH_SKIP_REASONS), not read; a malformed line is an error."""
-    rankings, skipped = [], Counter()
-    for source, record in _records(path):
-        result = _hh_pair(record, source)
-        if isinstance(result, str):
-            skipped[result] += 1
-        else:
-            rankings.append(result)
-    return RankingSet(rankings, skipped, {str(path): "hh"})
-
-
-_READERS = {"rankings": read_rankings, "pairs": read_pairs, "hh": read_hh_rlhf}
-
-
-def detect_format(path: str | Path) -> str:
-    """ "rankings", "pairs" or "hh", from the file's first record."""
-    for source, record in _records(path):
-        if isinstance(record, dict) and ("order" in record or "unrankable" in record):
-            return "rankings"
-        if isinstance(record, dict) and "chosen" in record and "rejected" in record:
-            chosen = record["chosen"]
-            if "prompt" not in record and isinstance(chosen, str) and chosen.startswith("\n\nHuman:"):
-                return "hh"
-            return "pairs"
-        keys = sorted(record) if isinstance(record, dict) else _type_name(record)
-        raise RankingError(
-            f"{source}: the first record fits no known format (rankings have 'order' or 'unrankable', "
-            f"preference pairs 'chosen' and 'rejected'); it has {keys}"
-        )
-    raise RankingError(f"{path}: no records, cannot detect its format")
-
-
-def load_rankings(paths: str | Path | Iterable[str | Path], fmt: str = "auto") -> RankingSet:
-    """Rankings from one or several files (e.g. one per labeler) as one set.
-
-    fmt is "auto" (detected per file from its first record) or one of FORMATS for all files."""
-    if fmt != "auto" and fmt not in FORMATS:
-        raise ValueError(f"unknown rankings format {fmt!r}; expected 'auto' or one of {FORMATS}")
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    combined = RankingSet()
-    for path in paths:
-        part = _READERS[detect_format(path) if fmt == "auto" else fmt](path)
-        combined.extend(part)
-        combined.skipped.update(part.skipped)
-        combined.formats.update(part.formats)
-    return combined
 
 
 def split_by_prompt(rankings: list[Ranking], held_out: float | int, seed: int) -> tuple[list[Ranking], list[Ranking]]:

@@ -15,8 +15,8 @@ Reward code is user code, so it must not be able to stop or stall a run:
 - a result of the wrong type or length fails the whole batch (the function's
   contract is broken; a per-sample retry would fail the same way); single values
   that are NaN/inf or not numbers fail only their sample;
-- every failure becomes a `RewardError` where it is seen (in the child, or here
-  for timeouts and crashes) and is returned, never logged.
+- every failure becomes a `RewardError` (rlpost/scoring/outcome.py) where it is
+  seen (in the child, or here for timeouts and crashes) and is returned, never logged.
 
 Protocol over two pipes (pickled messages):
 
@@ -32,18 +32,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
+from rlpost.scoring.outcome import BatchOutcome, RewardError, read_result, whole_batch_failure
 from rlpost.scoring.references import (
     RewardLoadError,
     accepted_columns,
@@ -53,101 +52,6 @@ from rlpost.scoring.references import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RewardError:
-    """One failure of a reward function, recorded where it happened (picklable)."""
-
-    function: str
-    """Display name of the function (``verifier:<reference>`` for a separate verifier)."""
-
-    kind: str
-    """"timeout", "crash", "load", "wrong-type", "wrong-length", "non-finite", or the
-    class name of the exception the function raised."""
-
-    index: int | None
-    """Sample index in the batch, or None when the whole batch failed."""
-
-    message: str
-    """What went wrong: a traceback, or a description of the bad value."""
-
-    def __str__(self) -> str:
-        where = "on the whole batch" if self.index is None else f"at sample {self.index}"
-        return f"[{self.function}] {self.kind} {where}: {self.message}"
-
-
-@dataclass
-class BatchOutcome:
-    """What one reward function did with one batch."""
-
-    values: list[float | None]
-    """One value per sample; None where the function gave none or failed."""
-
-    failed: set[int]
-    """Indices of the samples the function failed on."""
-
-    errors: list[RewardError]
-    """Every failure, in order of occurrence."""
-
-
-def _whole_batch_failure(size: int, error: RewardError) -> BatchOutcome:
-    return BatchOutcome([None] * size, set(range(size)), [error])
-
-
-# ----------------------------------------------------------------------------
-# Checking what a function returned
-
-
-def check_values(raw: Any, expected_length: int, function_name: str) -> BatchOutcome:
-    """Validate a function's raw result: numbers are kept, everything else fails."""
-    if hasattr(raw, "tolist") and not isinstance(raw, (list, tuple)):
-        raw = raw.tolist()  # numpy arrays and tensors
-    if not isinstance(raw, (list, tuple)):
-        message = f"returned {type(raw).__name__}, expected a list of {expected_length} floats or None"
-        return _whole_batch_failure(expected_length, RewardError(function_name, "wrong-type", None, message))
-    if len(raw) != expected_length:
-        message = f"returned {len(raw)} values for {expected_length} samples"
-        return _whole_batch_failure(expected_length, RewardError(function_name, "wrong-length", None, message))
-    outcome = BatchOutcome([], set(), [])
-    for index, value in enumerate(raw):
-        if value is not None and not isinstance(value, numbers.Real) and callable(getattr(value, "item", None)):
-            try:
-                value = value.item()  # one-element tensors and numpy scalars
-            except Exception:
-                pass
-        problem = None
-        if value is None:
-            outcome.values.append(None)
-        elif isinstance(value, numbers.Real):  # bools count as 0/1
-            try:
-                number = float(value)
-            except OverflowError:  # an int beyond float range
-                number = math.inf
-            finite = math.isfinite(number)
-            outcome.values.append(number if finite else None)
-            if not finite:
-                problem = ("non-finite", f"returned {number!r}")
-        else:
-            outcome.values.append(None)
-            problem = ("wrong-type", f"returned {type(value).__name__} {_short_repr(value)}")
-        if problem is not None:
-            outcome.failed.add(index)
-            outcome.errors.append(RewardError(function_name, problem[0], index, problem[1]))
-    return outcome
-
-
-def _read_result(raw: Any, expected_length: int, function_name: str) -> BatchOutcome:
-    try:
-        return check_values(raw, expected_length, function_name)
-    except Exception as error:  # an exotic result object that breaks inspection
-        message = f"result could not be read: {type(error).__name__}: {error}"
-        return _whole_batch_failure(expected_length, RewardError(function_name, "wrong-type", None, message))
-
-
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ----------------------------------------------------------------------------
@@ -190,7 +94,7 @@ def _score_batch(call, function_name: str, prompts, completions, columns, outbox
         outbox.send(("batch_error", batch_error, time.monotonic()))
         _score_samples_one_by_one(call, function_name, prompts, completions, columns, outbox)
         return
-    outbox.send(("result", _read_result(raw, len(prompts), function_name)))
+    outbox.send(("result", read_result(raw, len(prompts), function_name)))
 
 
 def _score_samples_one_by_one(call, function_name: str, prompts, completions, columns, outbox: Connection) -> None:
@@ -202,7 +106,7 @@ def _score_samples_one_by_one(call, function_name: str, prompts, completions, co
             error_record = RewardError(function_name, type(error).__name__, index, format_traceback(error))
             outbox.send(("sample", index, None, error_record))
             continue
-        outcome = _read_result(raw, 1, function_name)
+        outcome = read_result(raw, 1, function_name)
         # A one-sample result that is wrong as a whole is still this sample's failure.
         error_record = replace(outcome.errors[0], index=index) if outcome.errors else None
         outbox.send(("sample", index, outcome.values[0], error_record))
@@ -368,16 +272,16 @@ class RewardProcess:
         """Wait for the batch's result, killing the child if it takes over `timeout_s`."""
         size = self._batch_size
         if self._pending_failure is not None:
-            return _whole_batch_failure(size, self._pending_failure)
+            return whole_batch_failure(size, self._pending_failure)
         try:
             message = self._receive(self._sent_at + timeout_s)
         except _ChildTimedOut:
             self._restart()
             text = f"call did not finish within timeout_s={timeout_s}s; process killed"
-            return _whole_batch_failure(size, RewardError(self.name, "timeout", None, text))
+            return whole_batch_failure(size, RewardError(self.name, "timeout", None, text))
         except _ChildCrashed as crash:
             self._restart()
-            return _whole_batch_failure(size, RewardError(self.name, "crash", None, str(crash)))
+            return whole_batch_failure(size, RewardError(self.name, "crash", None, str(crash)))
         if message[0] == "result":
             return message[1]
         _, batch_error, failed_at = message

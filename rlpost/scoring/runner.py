@@ -34,7 +34,8 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rlpost.scoring.process import BatchOutcome, RewardError, RewardProcess, stop_processes
+from rlpost.scoring.outcome import BatchOutcome, RewardError
+from rlpost.scoring.process import RewardProcess, stop_processes
 from rlpost.scoring.references import RewardSpec, absolute_reference, unique_names
 
 __all__ = ["RewardError", "RewardFunctionBroken", "RewardResult", "RewardRunner", "RewardWorker"]
