@@ -222,6 +222,8 @@ def spelling_bee(rng: random.Random, with_tool: bool = False) -> Problem:
 
 
 def spelling(rng: random.Random) -> Problem:
+    """Spell a word letter by letter. Not in the tiny quickstart: its words come from 84,737 and the
+    tiny model never learns the letters inside its tokens (tests/test_corpus.py)."""
     word = rng.choice(word_list())
     prompt = rng.choice(["Spell the word '{w}' letter by letter.", "Spell {w}.", "How do you spell '{w}'?"]).format(
         w=word
