@@ -199,7 +199,9 @@ def _help(cls: type, prefix: str = "") -> list[str]:
             if f.default is not dataclasses.MISSING
             else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         )
-        lines.append(f"  --{prefix}{config_key(f.name)} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+        lines.append(
+            f"  --{prefix}{config_key(f.name)} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}"
+        )
     return lines
 
 
