@@ -102,7 +102,7 @@ def main() -> None:
         problems,
         configs,
     )
-    acc = {name: {mode: r["arithmetic"]["accuracy"] for mode, r in res.items()} for name, res in results.items()}
+    acc = {name: {mode: r.accuracy["arithmetic"] for mode, r in res.items()} for name, res in results.items()}
     phases = ("rollout", "reward", "reference", "train", "sync", "eval", "checkpoint", "step")
     by_phase = {p: round(statistics.median(m.get(f"time/{p}", 0.0) or 0.0 for m in steps), 3) for p in phases}
     metrics = {

@@ -78,7 +78,7 @@ def main() -> None:
         runs[name] = {"steps": steps, "rl_minutes": minutes, "step_time_s_by_phase": by_phase}
     metrics = {
         "accuracy": {
-            name: {mode: r["arithmetic"]["accuracy"] for mode, r in res.items()} for name, res in results.items()
+            name: {mode: r.accuracy["arithmetic"] for mode, r in res.items()} for name, res in results.items()
         },
         "runs": runs,
         "eval": f"{EVAL_POOL} held-out arithmetic problems; sampled = temperature 1, mean over 4 samples (pass@1)",

@@ -119,12 +119,12 @@ def pipeline() -> dict:
     models = {"sft": SFT_MODEL, **{name: RUN / name / "model" for name in runs}}
     results = evaluate_models({k: str(v) for k, v in models.items()}, problems,
                               {"sampled": EvalConfig(temperature=1.0, samples=1, max_new_tokens=128)})  # fmt: skip
-    texts = {name: [t["completion"] for t in r["sampled"]["transcripts"]] for name, r in results.items()}
+    texts = {name: [t["completion"] for t in r["sampled"].transcripts] for name, r in results.items()}
     prompts, answers = [p.prompt for p in problems], [p.answer for p in problems]
     scorer = RewardScorer(rm, batch_size=32)
     held_out = {
         name: {
-            "accuracy": results[name]["sampled"]["arithmetic"]["accuracy"],
+            "accuracy": results[name]["sampled"].accuracy["arithmetic"],
             "hidden_score_mean": statistics.fmean(
                 hidden_score(p, t, a) for p, t, a in zip(prompts, texts[name], answers)
             ),

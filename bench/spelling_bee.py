@@ -72,7 +72,7 @@ def main() -> None:
         tokenizer = load_tokenizer(path)
         for tool_name, tools in tool_modes.items():
             for mode, cfg in modes.items():
-                r = evaluate(worker, tokenizer, problems, cfg, tools=tools)["spelling_bee"]
+                r = evaluate(worker, tokenizer, problems, cfg, tools=tools).per_task["spelling_bee"]
                 accuracy[f"{name}_{tool_name}_{mode}"] = r["accuracy"]
                 accuracy[f"{name}_{tool_name}_{mode}_tool_calls"] = r["tool_calls"]
                 print(

@@ -30,9 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlpost.cache import apply_cache_env
+from rlpost.chat import prompt_ids
+from rlpost.completions import sample_completions, score_completions
 from rlpost.config import ConfigError, doc, parse_config, section
 from rlpost.distributed.engine import VLLMConfig
 from rlpost.distributed.tools import ToolConfig
+from rlpost.tokenizer import decode_completions
 
 # Prompts per engine call: each call is a step of the progress bar.
 CHUNK_PROMPTS = 100
@@ -105,15 +108,6 @@ def load_problems(data: CompareData) -> dict[str, list]:
     return problems
 
 
-def verify(task: str, prompts: list, completions: list[str], answers: list[str]) -> list[bool]:
-    """The task's verifier (rlpost.tasks.VERIFIERS; math for user files) on each completion."""
-    from rewards import builtin_reward
-    from rlpost.tasks import VERIFIERS
-
-    values = builtin_reward(VERIFIERS.get(task, "math"))(prompts, completions, answer=answers)
-    return [bool(v) for v in values]
-
-
 def extracted_answer(text: str) -> str | None:
     """The final answer as maj@k votes on it (rewards.answers' extraction and cleaning)."""
     from rewards.answers import clean_answer, extract_final_answer
@@ -146,60 +140,37 @@ def setting_key(path: str, task: str, count: int, cfg: CompareConfig) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
-def generate(worker, ids: list[list[int]], desc: str, seed: int, **kwargs) -> list:
-    """`worker.generate` over CHUNK_PROMPTS prompts at a time, with a progress bar; prompt i keeps
-    the seed seed + i that one call would give it."""
-    import ray
-    from tqdm import tqdm
-
-    groups = []
-    with tqdm(total=len(ids), desc=desc, unit="problem") as bar:
-        for start in range(0, len(ids), CHUNK_PROMPTS):
-            chunk = ids[start : start + CHUNK_PROMPTS]
-            groups += ray.get(worker.generate.remote(chunk, seed=seed + start, **kwargs))
-            bar.update(len(chunk))
-    return groups
-
-
 def answer_problems(worker, tokenizer, task: str, problems: list, cfg: CompareConfig) -> list[dict]:
     """Records of the greedy answer, the sampled answers and the budget-forced answers of a
     model to one task's problems."""
-
-    from rlpost.chat import prompt_ids
-    from rlpost.tokenizer import decode_completions, stop_token_ids
-
-    s, stop = cfg.sampling, stop_token_ids(tokenizer)
-    ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
-    common = {"max_new_tokens": s.max_new_tokens, "stop_token_ids": stop, "seed": s.seed, "tools": cfg.tools}
-    greedy = generate(worker, ids, f"{task}, greedy", n=1, temperature=0.0, **common)
-    sampled = generate(worker, ids, f"{task}, {s.samples} samples", n=s.samples, temperature=s.temperature,
-                       top_p=s.top_p, **common)  # fmt: skip
+    s, prompts = cfg.sampling, [p.prompt for p in problems]
+    common = {"max_new_tokens": s.max_new_tokens, "seed": s.seed, "tools": cfg.tools, "chunk_prompts": CHUNK_PROMPTS}
+    greedy = sample_completions(worker, tokenizer, prompts, n=1, temperature=0.0, progress=f"{task}, greedy",
+                                **common)  # fmt: skip
+    sampled = sample_completions(worker, tokenizer, prompts, n=s.samples, temperature=s.temperature, top_p=s.top_p,
+                                 progress=f"{task}, {s.samples} samples", **common)  # fmt: skip
     records = []
     for sample_name, groups in (("greedy", greedy), ("sampled", sampled)):
-        flat = [(i, j, sample) for i, group in enumerate(groups) for j, sample in enumerate(group)]
-        texts = decode_completions(tokenizer, [sample.token_ids for _, _, sample in flat])
-        correct = verify(
-            task, [problems[i].prompt for i, _, _ in flat], texts, [problems[i].answer for i, _, _ in flat]
-        )
-        for (i, j, sample), text, ok in zip(flat, texts, correct):
+        flat = [(i, j, c) for i, group in enumerate(groups) for j, c in enumerate(group)]
+        scores = score_completions([problems[i] for i, _, _ in flat], [c.text for _, _, c in flat])
+        for (i, j, c), score in zip(flat, scores):
+            ok = bool(score)
             records.append({
                 "task": task, "problem": i, "prompt": problems[i].prompt, "answer": problems[i].answer,
-                "sample": "greedy" if sample_name == "greedy" else j, "completion": text,
-                "tokens": len(sample.token_ids), "truncated": sample.finish_reason == "length",
-                "tool_calls": sample.tool_calls, "reward": float(ok), "correct": ok,
+                "sample": "greedy" if sample_name == "greedy" else j, "completion": c.text,
+                "tokens": len(c.sample.token_ids), "truncated": c.sample.finish_reason == "length",
+                "tool_calls": c.sample.tool_calls, "reward": float(ok), "correct": ok,
             })  # fmt: skip
     greedy_correct = [r["correct"] for r in records if r["sample"] == "greedy"]  # in problem order
-    records += budget_forced(worker, tokenizer, task, problems, ids, [g[0] for g in greedy], greedy_correct, cfg)
+    records += budget_forced(worker, tokenizer, task, problems, [g[0].sample for g in greedy], greedy_correct, cfg)
     return records
 
 
-def budget_forced(worker, tokenizer, task, problems, ids, greedy, greedy_correct, cfg: CompareConfig) -> list[dict]:
+def budget_forced(worker, tokenizer, task, problems, greedy, greedy_correct, cfg: CompareConfig) -> list[dict]:
     """The greedy answer cut at each budget B and made to answer: its first B tokens, then
     `answer_prefix` (after "</think>" when a think block is still open), then up to 16 greedy
     tokens. An answer within the budget keeps its own result. One record per (problem, budget)."""
     import ray
-
-    from rlpost.tokenizer import decode_completions
 
     s = cfg.sampling
     records = []
@@ -207,14 +178,12 @@ def budget_forced(worker, tokenizer, task, problems, ids, greedy, greedy_correct
         cut = [i for i, g in enumerate(greedy) if len(g.token_ids) > budget]
         heads = decode_completions(tokenizer, [greedy[i].token_ids[:budget] for i in cut])
         forced = [("\n</think>" if "<think>" in h and "</think>" not in h else "") + s.answer_prefix for h in heads]
-        prompts = [ids[i] + greedy[i].token_ids[:budget] + tokenizer.encode(f, add_special_tokens=False)
-                   for i, f in zip(cut, forced)]  # fmt: skip
+        prompts = [prompt_ids(tokenizer, problems[i].prompt) + greedy[i].token_ids[:budget]
+                   + tokenizer.encode(f, add_special_tokens=False) for i, f in zip(cut, forced)]  # fmt: skip
         tails = ray.get(worker.generate.remote(prompts, n=1, max_new_tokens=16, temperature=0.0)) if prompts else []
         endings = decode_completions(tokenizer, [t[0].token_ids for t in tails])
         texts = [h + f + e for h, f, e in zip(heads, forced, endings)]
-        correct = dict(
-            zip(cut, verify(task, [problems[i].prompt for i in cut], texts, [problems[i].answer for i in cut]))
-        )
+        correct = dict(zip(cut, map(bool, score_completions([problems[i] for i in cut], texts))))
         for i, g in enumerate(greedy):
             records.append({"task": task, "problem": i, "sample": f"budget:{budget}", "budget": budget,
                             "tokens": min(len(g.token_ids), budget), "cut": i in correct,

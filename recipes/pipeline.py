@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from rlpost.evaluate import EvalResult, format_table
+from rlpost.metrics import read_metrics, write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = [
     ("pretrain", ["recipes/pretrain.py", "--config", "recipes/configs/pretrain_tiny.yaml"]),
@@ -28,9 +31,6 @@ STAGES = [
 
 
 def main() -> None:
-    from rlpost.evaluate import format_table
-    from rlpost.metrics import read_metrics, write_json
-
     start = time.time()
     stage_s = {}
     for name, args in STAGES:
@@ -40,6 +40,9 @@ def main() -> None:
         stage_s[name] = round(time.time() - t0, 1)
     wall = round(time.time() - start, 1)
     report = json.loads((ROOT / "runs/sft_tiny/eval.json").read_text())
+    greedy = EvalResult.from_json(report["greedy"])
+    accuracy = {name: EvalResult.from_json(report[name]).accuracy for name in ("greedy_with_tool", "sampled")
+                if name in report}  # fmt: skip
     rl = read_metrics(ROOT / "runs/grpo_tiny")
     rl_before = next(m for m in rl if m["step"] == 0 and "eval/arithmetic" in m)["eval/arithmetic"]
     rl_after = next(m for m in reversed(rl) if "final/eval/arithmetic" in m)["final/eval/arithmetic"]
@@ -48,13 +51,9 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "wall_s": wall,
         "metrics": {
-            "sft_accuracy": {t: r["accuracy"] for t, r in report["greedy"].items() if t != "transcripts"},
-            "sft_accuracy_with_tool": {
-                t: r["accuracy"] for t, r in report.get("greedy_with_tool", {}).items() if t != "transcripts"
-            },
-            "sft_sampled_pass@1": {
-                t: r["accuracy"] for t, r in report.get("sampled", {}).items() if t != "transcripts"
-            },
+            "sft_accuracy": greedy.accuracy,
+            "sft_accuracy_with_tool": accuracy.get("greedy_with_tool", {}),
+            "sft_sampled_pass@1": accuracy.get("sampled", {}),
             "sft_checkpoints_greedy": report["checkpoints"],
             "grpo_greedy_arithmetic": {"before": rl_before, "after": rl_after, "steps": max(m["step"] for m in rl)},
             "stage_wall_s": stage_s,
@@ -62,7 +61,7 @@ def main() -> None:
     }
     write_json(ROOT / "bench/results/quickstart.json", results)
     print(f"\nheld-out greedy accuracy of the SFT model (whole pipeline {wall / 60:.1f} min):")
-    print(format_table(report["greedy"]))
+    print(format_table(greedy))
     print(f"held-out greedy arithmetic accuracy before GRPO {rl_before:.3f}, after GRPO {rl_after:.3f}")
     print(f"the SFT and GRPO models side by side: {ROOT / 'runs/compare_tiny/report.html'}")
 

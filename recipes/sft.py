@@ -15,16 +15,21 @@ an HF folder in `<run_dir>/model`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlpost.cache import apply_cache_env
-from rlpost.config import ConfigError, doc, parse_config, save_config, section
-from rlpost.distributed.engine import VLLMConfig
+from rlpost.chat import read_conversations, render_conversation
+from rlpost.config import ConfigError, check_path, doc, parse_config, save_config, section
+from rlpost.distributed.cluster import init_ray
+from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
 from rlpost.distributed.tools import ToolConfig
-from rlpost.evaluate import EvalConfig
-from rlpost.metrics import LoggingConfig
-from rlpost.trainer import DeepSpeedConfig, OptimConfig
+from rlpost.evaluate import EvalConfig, EvalResult, evaluate, format_table
+from rlpost.metrics import LoggingConfig, MetricsLogger, read_metrics, write_json
+from rlpost.tasks import SOLUTION_FORMATS, format_solution, make_problems
+from rlpost.tokenizer import load_tokenizer
+from rlpost.trainer import DeepSpeedConfig, DeepSpeedTrainer, OptimConfig, train_lm
 
 
 @dataclass
@@ -44,8 +49,6 @@ class SFTData:
     )
 
     def validate(self):
-        from rlpost.tasks import SOLUTION_FORMATS
-
         if self.solution_format not in SOLUTION_FORMATS:
             raise ConfigError(f"data.solution_format: {self.solution_format!r} is not one of {list(SOLUTION_FORMATS)}")
 
@@ -84,9 +87,6 @@ class SFTConfig:
 
 
 def sft_examples(tokenizer, cfg: SFTData) -> list[tuple[list[int], list[int]]]:
-    from rlpost.chat import read_conversations, render_conversation
-    from rlpost.tasks import format_solution, make_problems
-
     conversations = []
     for task, n in cfg.tasks.items():
         kwargs = {"with_tool": True} if task == "spelling_bee" and cfg.tool_calls else {}
@@ -99,23 +99,11 @@ def sft_examples(tokenizer, cfg: SFTData) -> list[tuple[list[int], list[int]]]:
 
 
 def held_out(tasks, n: int):
-    from rlpost.tasks import make_problems
-
     return [p for task in tasks for p in make_problems(task, "eval", n)]
 
 
 def main(cfg: SFTConfig) -> dict:
-    import dataclasses
-
     import ray
-
-    from rlpost.config import check_path
-    from rlpost.distributed.cluster import init_ray
-    from rlpost.distributed.engine import start_rollout_workers
-    from rlpost.evaluate import evaluate, format_table
-    from rlpost.metrics import MetricsLogger, read_metrics, write_json
-    from rlpost.tokenizer import load_tokenizer
-    from rlpost.trainer import DeepSpeedTrainer, train_lm
 
     check_path("model_path", cfg.model_path)
     for i, path in enumerate(cfg.data.conversations):
@@ -131,8 +119,26 @@ def main(cfg: SFTConfig) -> dict:
 
     init_ray(run_log=run_dir / "actors.log")  # the rollout worker's library output stays off the console
     worker = start_rollout_workers(cfg.model_path, dataclasses.replace(cfg.vllm, num_workers=1))[0]
-    checkpoint_problems = held_out(cfg.data.tasks, cfg.checkpoint_eval.problems_per_task)
+    trainer = train(cfg, examples, tokenizer, worker)
 
+    # Final held-out evaluation of the saved model: greedy, and sampled at temperature 1.
+    ray.get(worker.update_weights.remote(trainer.full_state_dict()))
+    results = final_evaluations(cfg, worker, tokenizer)
+    report = {name: result.to_json() for name, result in results.items()}
+    report["checkpoints"] = checkpoint_accuracy(run_dir)
+    write_json(run_dir / "eval.json", report)
+    print_results(results, cfg.sampled_eval)
+    ray.kill(worker)
+    return report
+
+
+def train(cfg: SFTConfig, examples: list, tokenizer, worker) -> DeepSpeedTrainer:
+    """Train on `examples`, with held-out greedy accuracy through `worker` at each checkpoint;
+    the model is saved to <run_dir>/model. Returns the trainer, which holds the final weights."""
+    import ray
+
+    run_dir = Path(cfg.run_dir)
+    checkpoint_problems = held_out(cfg.data.tasks, cfg.checkpoint_eval.problems_per_task)
     trainer = DeepSpeedTrainer(
         cfg.model_path,
         cfg.optim,
@@ -145,7 +151,7 @@ def main(cfg: SFTConfig) -> dict:
     def eval_checkpoint(step: int, _path) -> dict:
         ray.get(worker.update_weights.remote(trainer.full_state_dict()))
         result = evaluate(worker, tokenizer, checkpoint_problems, cfg.checkpoint_eval)
-        summary = {f"eval/{task}": r["accuracy"] for task, r in result.items() if task != "transcripts"}
+        summary = {f"eval/{task}": accuracy for task, accuracy in result.accuracy.items()}
         print(f"step {step}: held-out greedy " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in summary.items()))
         return summary
 
@@ -167,14 +173,17 @@ def main(cfg: SFTConfig) -> dict:
     )
     trainer.save_hf(run_dir / "model", tokenizer)
     logger.close()
+    return trainer
 
-    # Final held-out evaluation of the saved model: greedy, and sampled at temperature 1.
-    ray.get(worker.update_weights.remote(trainer.full_state_dict()))
+
+def final_evaluations(cfg: SFTConfig, worker, tokenizer) -> dict[str, EvalResult]:
+    """The held-out evaluations of the model `worker` holds: "greedy"; "greedy_with_tool" when the
+    spelling-bee solutions call Python; "sampled" on `sampled_eval_tasks`."""
     final = held_out(cfg.data.tasks, cfg.final_eval.problems_per_task)
-    report = {"greedy": evaluate(worker, tokenizer, final, cfg.final_eval)}
+    results = {"greedy": evaluate(worker, tokenizer, final, cfg.final_eval)}
     if cfg.data.tool_calls and "spelling_bee" in cfg.data.tasks:
         # The same model, but its Python calls now run in the sandbox instead of being guessed.
-        report["greedy_with_tool"] = evaluate(
+        results["greedy_with_tool"] = evaluate(
             worker,
             tokenizer,
             held_out(["spelling_bee"], cfg.final_eval.problems_per_task),
@@ -182,27 +191,32 @@ def main(cfg: SFTConfig) -> dict:
             tools=ToolConfig(enabled=True),
         )
     if cfg.sampled_eval_tasks:
-        report["sampled"] = evaluate(
+        results["sampled"] = evaluate(
             worker, tokenizer, held_out(cfg.sampled_eval_tasks, cfg.sampled_eval.problems_per_task), cfg.sampled_eval
         )
-    # Held-out greedy accuracy at each checkpoint: flat at the end means SFT has plateaued.
-    report["checkpoints"] = [
+    return results
+
+
+def checkpoint_accuracy(run_dir: Path) -> list[dict]:
+    """Held-out greedy accuracy at each checkpoint, from the run's metrics: flat at the end means
+    SFT has plateaued."""
+    return [
         {"step": m["step"], **{k[5:]: v for k, v in m.items() if k.startswith("eval/")}}
         for m in read_metrics(run_dir)
         if any(k.startswith("eval/") for k in m)
     ]
-    write_json(run_dir / "eval.json", report)
-    print("held-out greedy accuracy:\n" + format_table(report["greedy"]))
-    if "greedy_with_tool" in report:
-        print("with the Python tool:\n" + format_table(report["greedy_with_tool"], ("accuracy", "tool_calls")))
-    if "sampled" in report:
-        k = cfg.sampled_eval.samples
+
+
+def print_results(results: dict[str, EvalResult], sampled_eval: EvalConfig) -> None:
+    print("held-out greedy accuracy:\n" + format_table(results["greedy"]))
+    if "greedy_with_tool" in results:
+        print("with the Python tool:\n" + format_table(results["greedy_with_tool"], ("accuracy", "tool_calls")))
+    if "sampled" in results:
+        k = sampled_eval.samples
         print(
-            f"held-out sampled (T={cfg.sampled_eval.temperature}, {k} per problem):\n"
-            + format_table(report["sampled"], ("accuracy", f"pass@{k}"))
+            f"held-out sampled (T={sampled_eval.temperature}, {k} per problem):\n"
+            + format_table(results["sampled"], ("accuracy", f"pass@{k}"))
         )
-    ray.kill(worker)
-    return report
 
 
 if __name__ == "__main__":

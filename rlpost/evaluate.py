@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from rlpost.completions import Completion, sample_completions, score_completions
 from rlpost.config import doc
-from rlpost.tasks import VERIFIERS, Problem
+from rlpost.tasks import Problem
 
 
 @dataclass
@@ -21,63 +22,67 @@ class EvalConfig:
     max_new_tokens: int = doc("Longest answer in tokens.", 256)
 
 
-def score_completions(problems: list[Problem], completions: list[str]) -> list[float]:
-    """Correctness (0/1) of each completion for its problem, by its task's verifier."""
-    from rewards import builtin_reward
+@dataclass
+class EvalResult:
+    """One evaluation of a model on held-out problems.
 
-    scores = [0.0] * len(problems)
-    by_task = defaultdict(list)
-    for i, p in enumerate(problems):
-        by_task[p.task].append(i)
-    for task, idx in by_task.items():
-        fn = builtin_reward(VERIFIERS[task])
-        values = fn(
-            [problems[i].prompt for i in idx], [completions[i] for i in idx], answer=[problems[i].answer for i in idx]
-        )
-        for i, v in zip(idx, values):
-            scores[i] = float(v or 0.0)
-    return scores
+    `per_task[task]` holds "accuracy" (mean over every sample: pass@1), "pass@k" (k = the samples
+    per problem: a problem counts as solved if any of its k samples is right), "mean_tokens",
+    "truncated" and "tool_calls" (means per sample) and "problems". `transcripts` has the first
+    sample of every problem: {"task", "prompt", "answer", "completion", "correct"}."""
+
+    per_task: dict[str, dict[str, float]]
+    transcripts: list[dict]
+
+    @property
+    def accuracy(self) -> dict[str, float]:
+        """Task → accuracy (pass@1)."""
+        return {task: stats["accuracy"] for task, stats in self.per_task.items()}
+
+    def to_json(self) -> dict:
+        """The form saved in eval.json: each task's statistics under its name, then "transcripts"."""
+        return {**self.per_task, "transcripts": self.transcripts}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> EvalResult:
+        """The result `to_json` saved."""
+        return cls({task: stats for task, stats in saved.items() if task != "transcripts"}, saved["transcripts"])
 
 
-def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=None) -> dict:
+def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=None) -> EvalResult:
     """Sample `cfg.samples` answers per problem on a RolloutWorker actor and score them
-    (with the Python tool when `tools` is an enabled `rlpost.distributed.tools.ToolConfig`).
-
-    Returns {task: {"accuracy", "pass@k", "mean_tokens", "truncated"}, ..., "transcripts": [...]}
-    where accuracy is the mean over all samples (pass@1) and pass@k counts a problem solved if
-    any of its k samples is right."""
-    import ray
-
-    from rlpost.chat import prompt_ids
-    from rlpost.tokenizer import decode_completions, stop_token_ids
-
-    outputs = ray.get(
-        worker.generate.remote(
-            [prompt_ids(tokenizer, p.prompt) for p in problems],
-            n=cfg.samples,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            stop_token_ids=stop_token_ids(tokenizer),
-            tools=tools,
-        )
+    (with the Python tool when `tools` is an enabled `rlpost.distributed.tools.ToolConfig`)."""
+    groups = sample_completions(
+        worker,
+        tokenizer,
+        [p.prompt for p in problems],
+        n=cfg.samples,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        tools=tools,
     )
-    flat_problems = [p for p in problems for _ in range(cfg.samples)]
-    flat_samples = [s for group in outputs for s in group]
-    texts = decode_completions(tokenizer, [s.token_ids for s in flat_samples])
-    scores = score_completions(flat_problems, texts)
+    return eval_result(problems, groups)
+
+
+def eval_result(problems: list[Problem], groups: list[list[Completion]]) -> EvalResult:
+    """The statistics of `groups` (the same number of completions for each problem, in order),
+    each completion scored by its task's verifier."""
+    samples = len(groups[0]) if groups else 1
+    flat = [(p, c) for p, group in zip(problems, groups) for c in group]
+    scores = score_completions([p for p, _ in flat], [c.text for _, c in flat])
     per_task: dict[str, dict] = defaultdict(lambda: defaultdict(list))
-    for i, (p, s, score) in enumerate(zip(flat_problems, flat_samples, scores)):
+    for i, ((p, c), score) in enumerate(zip(flat, scores)):
         stats = per_task[p.task]
         stats["score"].append(score)
-        stats["tokens"].append(len(s.token_ids))
-        stats["truncated"].append(s.finish_reason == "length")
-        stats["tool_calls"].append(s.tool_calls)
-        if i % cfg.samples == cfg.samples - 1:
-            stats["solved"].append(max(stats["score"][-cfg.samples :]))
-    result = {
+        stats["tokens"].append(len(c.sample.token_ids))
+        stats["truncated"].append(c.sample.finish_reason == "length")
+        stats["tool_calls"].append(c.sample.tool_calls)
+        if i % samples == samples - 1:
+            stats["solved"].append(max(stats["score"][-samples:]))
+    summary = {
         task: {
             "accuracy": _mean(st["score"]),
-            f"pass@{cfg.samples}": _mean(st["solved"]),
+            f"pass@{samples}": _mean(st["solved"]),
             "mean_tokens": _mean(st["tokens"]),
             "truncated": _mean(st["truncated"]),
             "tool_calls": _mean(st["tool_calls"]),
@@ -85,30 +90,28 @@ def evaluate(worker, tokenizer, problems: list[Problem], cfg: EvalConfig, tools=
         }
         for task, st in per_task.items()
     }
-    result["transcripts"] = [
-        {"task": p.task, "prompt": p.prompt, "answer": p.answer, "completion": t, "correct": sc}
-        for p, t, sc in zip(flat_problems[:: cfg.samples], texts[:: cfg.samples], scores[:: cfg.samples])
+    transcripts = [
+        {"task": p.task, "prompt": p.prompt, "answer": p.answer, "completion": c.text, "correct": score}
+        for (p, c), score in zip(flat[::samples], scores[::samples])
     ]
-    return result
+    return EvalResult(summary, transcripts)
 
 
 def _mean(xs) -> float:
     return round(sum(xs) / len(xs), 4) if xs else 0.0
 
 
-def format_table(results: dict[str, dict], columns=("accuracy",)) -> str:
+def format_table(result: EvalResult, columns=("accuracy",)) -> str:
     """A small text table: one row per task."""
     rows = [f"{'task':<14}" + "".join(f"{c:>12}" for c in columns)]
-    for task, stats in results.items():
-        if task == "transcripts":
-            continue
+    for task, stats in result.per_task.items():
         rows.append(f"{task:<14}" + "".join(f"{stats.get(c, float('nan')):>12.3f}" for c in columns))
     return "\n".join(rows)
 
 
 def evaluate_models(
     model_paths: dict[str, str], problems: list[Problem], configs: dict[str, EvalConfig], vllm_cfg=None
-) -> dict[str, dict[str, dict]]:
+) -> dict[str, dict[str, EvalResult]]:
     """Evaluate several checkpoints of one architecture on the same problems with one engine:
     {model name: {config name: evaluate(...)}}. Weights are swapped in with a sync, not a restart."""
     import ray

@@ -48,9 +48,10 @@ def test_summary_by_hand():
     assert s["greedy_accuracy"] == pytest.approx(1 / 3)
     assert s["pass@1"]["mean"] == pytest.approx(0.5)
     assert s["pass@k"] == pytest.approx({"1": 0.5, "2": 2 / 3})
-    # maj@1 is the first sample's accuracy; maj@2: problem 0 votes 7, 7 → right; problem 1 votes 8, 7
-    # (a tie: the earliest, 8) → wrong; problem 2 → wrong
-    assert s["maj@k"] == pytest.approx({"1": 1 / 3, "2": 1 / 3})
+    # maj@k is the expected majority vote over k-subsets of the samples. maj@1: the share of right
+    # samples, (1 + 1/2 + 0) / 3. maj@2: problem 0 votes 7, 7 → right; problem 1 votes 8, 7 (a tie,
+    # each answer winning half) → 1/2; problem 2 → wrong
+    assert s["maj@k"] == pytest.approx({"1": 1 / 2, "2": 1 / 2})
     assert s["lengths"] == {"correct": [20, 20, 20], "wrong": [40, 40, 40]}
     assert s["mean_tokens"] == {"correct": 20, "wrong": 40}
     assert s["truncated_frac"] == 0.5 and s["tool_calls_per_answer"] == 1

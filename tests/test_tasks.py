@@ -24,7 +24,7 @@ def test_splits_disjoint_from_held_out(task):
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_worked_solutions_end_with_answer_and_verify(task):
-    from rlpost.evaluate import score_completions
+    from rlpost.completions import score_completions
 
     problems = make_problems(task, "sft", 100)
     assert all(p.solution.endswith(f"The answer is {p.answer}.") for p in problems)

@@ -90,7 +90,7 @@ class RLRun:
             try:
                 result = evaluate(self.actors.rollouts[0], self.tokenizer, self.held_out, self.cfg.eval,
                                   tools=self.cfg.tools)  # fmt: skip
-                return {f"eval/{t}": r["accuracy"] for t, r in result.items() if t != "transcripts"}
+                return {f"eval/{task}": accuracy for task, accuracy in result.accuracy.items()}
             except RayActorError as error:
                 if attempt == ROLLOUT_RETRIES:
                     raise

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlpost.algorithms import zero_variance_groups
-from rlpost.chat import prompt_ids
+from rlpost.completions import generate_request
 from rlpost.data import load_gsm8k
 from rlpost.distributed.rollout import Sample
 from rlpost.rl.actors import ROLLOUT_RETRIES
@@ -34,7 +34,7 @@ from rlpost.rl.config import RLConfig, RLData, RolloutConfig
 from rlpost.rl.degeneracy import Canary, canary_texts
 from rlpost.rl.monitor import StepSignals, judge_name
 from rlpost.tasks import Problem, make_problems
-from rlpost.tokenizer import decode_completions, stop_token_ids
+from rlpost.tokenizer import decode_completions
 
 # ---------------------------------------------------------------------------------------------
 # Prompts
@@ -124,15 +124,8 @@ def submit_rollouts(
 ) -> Rollouts:
     """`cfg.n` samples per problem requested from the engines, prompts spread evenly over the
     rollout workers (one `generate` call each, all submitted before any is awaited)."""
-    ids = [prompt_ids(tokenizer, p.prompt) for p in problems]
-    kwargs = dict(
-        n=cfg.n,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        stop_token_ids=stop_token_ids(tokenizer),
-        tools=tools,
-    )
+    ids, kwargs = generate_request(tokenizer, [p.prompt for p in problems], n=cfg.n, max_new_tokens=cfg.max_new_tokens,
+                                   temperature=cfg.temperature, top_p=cfg.top_p, tools=tools)  # fmt: skip
     chunks = [(i, chunk) for i, chunk in enumerate(_split(ids, len(actors.rollouts))) if chunk]
     calls = [(i, chunk, actors.rollouts[i].generate.remote(chunk, **kwargs)) for i, chunk in chunks]
     return Rollouts(problems, ids, calls, kwargs, cursor, version)

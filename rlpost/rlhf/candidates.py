@@ -13,7 +13,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from rlpost.distributed.engine import VLLMConfig
+from rlpost.completions import sample_completions
+from rlpost.distributed.cluster import init_ray
+from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
+from rlpost.tokenizer import load_tokenizer
 
 
 def candidates_path_for(out: str | Path) -> Path:
@@ -66,14 +69,8 @@ def sample_candidates(
         return read_candidates(path)
     import ray
 
-    from rlpost.chat import prompt_ids
-    from rlpost.distributed.cluster import init_ray
-    from rlpost.distributed.engine import start_rollout_workers
-    from rlpost.tokenizer import decode_completions, load_tokenizer, stop_token_ids
-
     items = [p if isinstance(p, dict) else {"prompt": p} for p in prompts]
     tokenizer = load_tokenizer(model_path)
-    ids = [prompt_ids(tokenizer, item["prompt"]) for item in items]
     responses: list[list[str]] = [[] for _ in items]
     started_ray = not ray.is_initialized()
     init_ray(run_log=path.parent / "actors.log")  # engine start-up output stays off the console
@@ -83,19 +80,18 @@ def sample_candidates(
             short = [i for i, r in enumerate(responses) if len(r) < k]
             if not short:
                 break
-            groups = ray.get(
-                workers[0].generate.remote(
-                    [ids[i] for i in short],
-                    n=k,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    stop_token_ids=stop_token_ids(tokenizer),
-                    seed=seed + 100_003 * round_,
-                )
+            groups = sample_completions(
+                workers[0],
+                tokenizer,
+                [items[i]["prompt"] for i in short],
+                n=k,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed + 100_003 * round_,
             )
             for i, group in zip(short, groups):
-                texts = decode_completions(tokenizer, [s.token_ids for s in group])
-                responses[i] += [t.strip() for t in texts if t.strip()][: k - len(responses[i])]
+                texts = [c.text.strip() for c in group]
+                responses[i] += [t for t in texts if t][: k - len(responses[i])]
     finally:
         workers.kill()
         if started_ray:  # a Ray started here for sampling alone would idle on while the page is served
