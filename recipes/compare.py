@@ -14,7 +14,7 @@ Per model and task (rlpost/compare/stats.py): greedy accuracy; pass@1 with a 95 
 unbiased pass@k and maj@k for k = 1, 2, 4 … n; lengths of right and wrong answers (thinking and
 answer tokens apart for <think> models); truncation; reflection phrases per 1,000 tokens; tool
 calls per answer; accuracy against the token budget. Per pair of models: solved by both / only
-A / only B / neither, McNemar's exact test on the greedy answers, a paired bootstrap on pass@1.
+A / only B / neither, McNemar's exact test and its mid-p on the greedy answers, a paired bootstrap on pass@1.
 
 Writes <run_dir>/records.jsonl (every answer), results.json, and the report
 (rlpost/compare/report.py: report.md, report.html, PNG plots). Each (model, task, setting) is
@@ -285,6 +285,7 @@ def compare_pair(a: list[dict], b: list[dict], n: int) -> dict:
     return {
         **{k: table[k] for k in ("both", "only_a", "only_b", "neither")},
         "mcnemar_p": table["p_value"],
+        "mcnemar_mid_p": table["mid_p"],
         "pass1_diff": paired_bootstrap([passed_a[i] / n for i in problems], [passed_b[i] / n for i in problems]),
     }
 
