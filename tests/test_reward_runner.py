@@ -178,3 +178,27 @@ def test_a_separate_verifier_sees_only_its_tasks_and_never_breaks_the_run(user_f
 def test_a_bad_verifier_reference_fails_at_start():
     with pytest.raises(RewardLoadError, match="not a built-in reward"):
         RewardRunner([RewardSpec("format")], verifiers={"arithmetic": "mathh"}).start()
+
+
+def test_a_dict_result_logs_its_series_beside_the_reward_and_never_adds_them(user_file):
+    specs = [RewardSpec(f"{user_file}:with_members"), RewardSpec(f"{user_file}:length")]
+    with RewardRunner(specs) as runner:
+        result = runner.score(["p", "p"], ["ab", "xyz"])
+    # "bad" is not a list of 2 numbers: dropped (all None), the reward itself kept.
+    assert result.per_fn == {
+        "with_members": [1.0, 1.0],
+        "length": [2.0, 3.0],
+        "with_members/member_0": [0.5, 0.5],
+        "with_members/bad": [None, None],
+    }
+    assert result.total == [1.0 + 2.0, 1.0 + 3.0]
+    assert result.failures == {"with_members": 0, "length": 0}
+
+
+def test_a_reward_model_ensemble_pays_mean_minus_lambda_std():
+    from rewards.reward_model import ensemble_reward
+
+    combined, spread = ensemble_reward([[1.0, 0.0], [3.0, 0.0]], penalty=0.5)
+    # Sample 0: mean 2, population std 1 → 2 - 0.5; sample 1: the members agree.
+    assert combined == [1.5, 0.0] and spread == [1.0, 0.0]
+    assert ensemble_reward([[2.0], [2.0], [2.0]], penalty=3.0) == ([2.0], [0.0])

@@ -24,6 +24,8 @@ USER_REWARDS = textwrap.dedent(
     from rewards import per_sample
 
     def length(prompts, completions, **columns): return [float(len(c)) for c in completions]
+    def with_members(prompts, completions, **columns):  # a reward with series logged beside it
+        return {"reward": [1.0] * len(completions), "member_0": [0.5] * len(completions), "bad": "no"}
     def exact(prompts, completions, answer):  # no **columns: extra columns are left out
         return [1.0 if c == a else 0.0 for c, a in zip(completions, answer)]
 

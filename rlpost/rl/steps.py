@@ -204,12 +204,14 @@ def score(actors, problems: list[Problem], num_tokens: list[int], texts: list[st
         if idx
     ]
     results = ray.get(refs)
-    per_fn: dict[str, list] = {}
+    names = list(dict.fromkeys(name for res in results for name in res.per_fn))
+    per_fn: dict[str, list] = {name: [] for name in names}
     failures: dict[str, int] = {}
     for res in results:
-        for name, values in res.per_fn.items():
-            per_fn.setdefault(name, []).extend(values)
-            failures[name] = failures.get(name, 0) + res.failures.get(name, 0)
+        for name in names:  # a series one worker's batch lacks (it failed there) is None there
+            per_fn[name].extend(res.per_fn.get(name, [None] * len(res.total)))
+        for name, count in res.failures.items():  # functions only, not the series they log
+            failures[name] = failures.get(name, 0) + count
     rewards = [math.nan if r is None else r for res in results for r in res.total]
     accuracy = [a for res in results for a in res.accuracy]
     return rewards, accuracy, per_fn, failures, [e for res in results for e in res.errors]
@@ -341,7 +343,8 @@ def step_metrics(step_samples: StepSamples, n: int) -> dict:
         metrics["groups_dropped_frac"] = float(zero_variance_groups(rewards, n).float().mean())
     for name, values in step_samples.per_fn.items():
         metrics[f"reward/{name}"] = _mean(values)
-        metrics[f"reward/{name}/failures"] = step_samples.failures.get(name, 0)
+        if name in step_samples.failures:
+            metrics[f"reward/{name}/failures"] = step_samples.failures[name]
     return metrics
 
 

@@ -4,13 +4,18 @@
 failed samples and errors; `check_values` turns a function's raw result into one, keeping
 numbers and failing everything else (whole batch for a wrong type or length, one sample for a
 NaN/inf or a non-number). All of it is picklable: the reward child process sends it back.
+
+A function may also return {"reward": [...], "<series>": [...], ...}: the "reward" list is its
+value, and every other list of the same length is logged beside it (`reward/<name>/<series>`,
+e.g. each member of a reward-model ensemble) without entering any total.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -49,6 +54,9 @@ class BatchOutcome:
     errors: list[RewardError]
     """Every failure, in order of occurrence."""
 
+    extras: dict[str, list[float | None]] = field(default_factory=dict)
+    """Series logged beside the values (a dict result's other keys); never part of a reward."""
+
 
 def whole_batch_failure(size: int, error: RewardError) -> BatchOutcome:
     """Every sample of the batch failed, for one reason."""
@@ -57,6 +65,16 @@ def whole_batch_failure(size: int, error: RewardError) -> BatchOutcome:
 
 def check_values(raw: Any, expected_length: int, function_name: str) -> BatchOutcome:
     """Validate a function's raw result: numbers are kept, everything else fails."""
+    if isinstance(raw, Mapping):
+        if "reward" not in raw:
+            message = f"returned a dict without a 'reward' list (keys {sorted(map(str, raw))[:5]})"
+            return whole_batch_failure(expected_length, RewardError(function_name, "wrong-type", None, message))
+        outcome = check_values(raw["reward"], expected_length, function_name)
+        for series, values in raw.items():
+            if series != "reward":  # a malformed series is dropped, not the reward
+                extra = check_values(values, expected_length, f"{function_name}/{series}")
+                outcome.extras[str(series)] = extra.values
+        return outcome
     if hasattr(raw, "tolist") and not isinstance(raw, (list, tuple)):
         raw = raw.tolist()  # numpy arrays and tensors
     if not isinstance(raw, (list, tuple)):

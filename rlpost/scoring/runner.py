@@ -72,7 +72,8 @@ class RewardResult:
     the default reward (or None) where none did."""
 
     per_fn: dict[str, list[float | None]]
-    """Raw, unweighted values per function name (None: no value or failed)."""
+    """Raw, unweighted values per function name (None: no value or failed), and the series a
+    function logs beside its value as "<name>/<series>"."""
 
     failures: dict[str, int]
     """Number of samples each function failed on in this batch."""
@@ -216,7 +217,10 @@ class RewardRunner:
         errors = _first_of_each_kind([*outcomes.values(), *verifier_outcomes.values()])
         result = RewardResult(
             total=[self._combine(outcomes, index) for index in range(size)],
-            per_fn={name: outcome.values for name, outcome in outcomes.items()},
+            per_fn={
+                **{name: outcome.values for name, outcome in outcomes.items()},
+                **{f"{name}/{k}": v for name, outcome in outcomes.items() for k, v in outcome.extras.items()},
+            },
             failures={name: len(outcome.failed) for name, outcome in outcomes.items()},
             errors=errors,
             accuracy=[self._accuracy(task, index, outcomes, verifier_outcomes) for index, task in enumerate(tasks)],
