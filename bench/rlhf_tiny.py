@@ -68,10 +68,10 @@ def reward_model(name: str, ranked: Path, prompts: int, epochs: float, seed: int
         cfg = load_config(recipe.RewardModelConfig, [
             "--config", "recipes/configs/reward_model_tiny.yaml", "--model_path", str(SFT_MODEL),
             "--run_dir", str(run_dir), "--data.files", f"[{ranked}]", "--data.held_out", str(HELD_OUT),
-            "--data.max_train_prompts", str(prompts), "--data.seed", str(seed), "--loss.type", "plackett_luce",
+            "--data.max_train_prompts", str(prompts), "--seed", str(seed), "--loss.type", "plackett_luce",
             "--train.epochs", str(epochs), "--logging.wandb_mode", "disabled",
         ])  # fmt: skip
-        recipe.train(cfg)
+        recipe.main(cfg)
     card = read_card(run_dir / "model")
     return run_dir / "model", {k: card["held_out"][k] for k in ("pair_accuracy", "best_worst_accuracy")}
 

@@ -29,10 +29,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rlpost.cache import apply_cache_env
 from rlpost.chat import prompt_ids
 from rlpost.completions import sample_completions, score_completions
-from rlpost.config import ConfigError, doc, parse_config, section
+from rlpost.config import ConfigError, doc, run_command, section
 from rlpost.distributed.engine import VLLMConfig
 from rlpost.distributed.tools import ToolConfig
 from rlpost.tokenizer import decode_completions
@@ -60,7 +59,6 @@ class SamplingConfig:
     temperature: float = doc("Sampling temperature of the sampled answers (the greedy one is extra).", 1.0)
     top_p: float = doc("Nucleus sampling threshold.", 1.0)
     max_new_tokens: int = doc("Longest answer in tokens.", 256)
-    seed: int = doc("Seed of prompt i is seed + i, the same for every model.", 0)
     budgets: list[int] = doc(
         "Token budgets of the budget-forcing cut (the greedy answer cut at each).", [16, 32, 64, 128]
     )
@@ -75,6 +73,7 @@ class SamplingConfig:
 class CompareConfig:
     models: dict[str, str] = doc("Name → HF folder of every model to compare (the report keeps this order).", {})
     run_dir: str = doc("Output folder (records, results, report, cache).", "runs/compare_tiny")
+    seed: int = doc("Seed of prompt i is seed + i, the same for every model.", 0)
     data: CompareData = section(CompareData)
     sampling: SamplingConfig = section(SamplingConfig)
     reflection_phrases: list[str] = field(default_factory=lambda: list(REFLECTION_PHRASES))
@@ -136,7 +135,9 @@ def setting_key(path: str, task: str, count: int, cfg: CompareConfig) -> str:
     """What a cached answer file depends on: the model's weights file, the problems, the setting."""
     weights = sorted(Path(path).glob("*.safetensors"))
     stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights] or [path]
-    spec = json.dumps([str(Path(path).resolve()), stamp, task, count, asdict(cfg.sampling), asdict(cfg.tools)])
+    spec = json.dumps(
+        [str(Path(path).resolve()), stamp, task, count, asdict(cfg.sampling), cfg.seed, asdict(cfg.tools)]
+    )
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -144,7 +145,7 @@ def answer_problems(worker, tokenizer, task: str, problems: list, cfg: CompareCo
     """Records of the greedy answer, the sampled answers and the budget-forced answers of a
     model to one task's problems."""
     s, prompts = cfg.sampling, [p.prompt for p in problems]
-    common = {"max_new_tokens": s.max_new_tokens, "seed": s.seed, "tools": cfg.tools, "chunk_prompts": CHUNK_PROMPTS}
+    common = {"max_new_tokens": s.max_new_tokens, "seed": cfg.seed, "tools": cfg.tools, "chunk_prompts": CHUNK_PROMPTS}
     greedy = sample_completions(worker, tokenizer, prompts, n=1, temperature=0.0, progress=f"{task}, greedy",
                                 **common)  # fmt: skip
     sampled = sample_completions(worker, tokenizer, prompts, n=s.samples, temperature=s.temperature, top_p=s.top_p,
@@ -201,7 +202,7 @@ def model_records(name: str, path: str, problems: dict[str, list], cfg: CompareC
     missing = [task for task, f in files.items() if not f.exists()]
     if missing:
         print(f"{name}: answering {', '.join(missing)} with {path}", flush=True)
-        worker = start_rollout_workers(path, cfg.vllm, seed=cfg.sampling.seed)[0]
+        worker = start_rollout_workers(path, cfg.vllm, seed=cfg.seed)[0]
         tokenizer = load_tokenizer(path)
         try:
             for task in missing:
@@ -290,7 +291,7 @@ def compare_pair(a: list[dict], b: list[dict], n: int) -> dict:
     }
 
 
-def compare(cfg: CompareConfig) -> dict:
+def main(cfg: CompareConfig) -> dict:
     """Answer, measure, compare and report; returns results.json's content."""
     from itertools import combinations
 
@@ -324,17 +325,12 @@ def compare(cfg: CompareConfig) -> dict:
     )
     (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(run_dir)
+    for task in results["tasks"]:
+        row = ", ".join(f"{m} {results['per_model'][m][task]['greedy_accuracy']:.1%}" for m in results["models"])
+        print(f"{task} greedy accuracy: {row}")
+    print(f"report: {run_dir / 'report.html'}")
     return results
 
 
 if __name__ == "__main__":
-    apply_cache_env()
-    try:
-        cfg = parse_config(CompareConfig)
-        results = compare(cfg)
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
-    for task in results["tasks"]:
-        row = ", ".join(f"{m} {results['per_model'][m][task]['greedy_accuracy']:.1%}" for m in results["models"])
-        print(f"{task} greedy accuracy: {row}")
-    print(f"report: {Path(cfg.run_dir) / 'report.html'}")
+    run_command(CompareConfig, main)

@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlpost.cache import apply_cache_env
-from rlpost.config import ConfigError, check_path, doc, parse_config, section
+from rlpost.config import ConfigError, check_path, doc, run_command, section
 from rlpost.distributed.engine import VLLMConfig
 from rlpost.rlhf.candidates import candidates_path_for, load_prompts, sample_candidates
 from rlpost.rlhf.label_server import LabelServer, check_exposure
@@ -103,8 +102,4 @@ def main(cfg: LabelConfig) -> None:
 
 
 if __name__ == "__main__":
-    apply_cache_env()
-    try:
-        main(parse_config(LabelConfig))
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
+    run_command(LabelConfig, main)

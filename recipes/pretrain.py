@@ -16,8 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlpost.cache import apply_cache_env
-from rlpost.config import ConfigError, doc, parse_config, save_config, section
+from rlpost.config import doc, run_command, save_config, section
 from rlpost.metrics import LoggingConfig
 from rlpost.trainer import DeepSpeedConfig, OptimConfig
 
@@ -45,13 +44,13 @@ class PretrainTrain:
     steps: int = doc("Optimizer steps.", 600)
     batch_size: int = doc("Sequences per step.", 32)
     checkpoint_every: int = doc("Write a resumable checkpoint every N steps.", 200)
-    seed: int = doc("Seed for initialisation and data order.", 0)
 
 
 @dataclass
 class PretrainConfig:
     run_dir: str = doc("Output folder of this run.", "runs/pretrain_tiny")
     resume: bool = doc("Continue from the last checkpoint in run_dir if there is one.", False)
+    seed: int = doc("Seed of initialisation, the corpus and the data order.", 0)
     data: PretrainData = section(PretrainData)
     tokenizer: PretrainTokenizer = section(PretrainTokenizer)
     model: PretrainModel = section(PretrainModel)
@@ -87,7 +86,7 @@ def main(cfg: PretrainConfig) -> Path:
         check_path(f"data.corpus[{i}]", source)
     run_dir = Path(cfg.run_dir)
     save_config(cfg, run_dir / "config.yaml")
-    docs = synthetic_corpus(cfg.data.synthetic_docs, cfg.train.seed)
+    docs = synthetic_corpus(cfg.data.synthetic_docs, cfg.seed)
     for source in cfg.data.corpus:
         docs += read_text_corpus(source)
     if not docs:
@@ -113,7 +112,7 @@ def main(cfg: PretrainConfig) -> Path:
         cfg.deepspeed,
         total_steps=cfg.train.steps,
         micro_batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
+        seed=cfg.seed,
     )
     logger = MetricsLogger(run_dir, cfg.logging, "pretrain", config=None)
     train_lm(
@@ -121,7 +120,7 @@ def main(cfg: PretrainConfig) -> Path:
         examples,
         steps=cfg.train.steps,
         batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
+        seed=cfg.seed,
         run_dir=run_dir,
         tokenizer=tokenizer,
         logger=logger,
@@ -136,8 +135,4 @@ def main(cfg: PretrainConfig) -> Path:
 
 
 if __name__ == "__main__":
-    apply_cache_env()
-    try:
-        main(parse_config(PretrainConfig))
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
+    run_command(PretrainConfig, main)

@@ -15,23 +15,42 @@ best-vs-worst pair) to each ranking. `--resume` continues from the latest checkp
 At the end `<run_dir>/model` is an HF folder that `AutoModelForSequenceClassification` loads,
 with `reward_card.json`: the scoring rule, the data, the held-out metrics, and the mean/std of
 the scores of the responses in the training rankings (the policy's own samples when they were
-collected with `python -m rlpost.rlhf.label_server`), which `reward_model`'s `normalize` uses in RL.
+collected with `python recipes/label.py`), which `reward_model`'s `normalize` uses in RL.
 `<run_dir>/eval.json` holds the held-out metrics beside the "longer wins" / "shorter wins"
 baselines on the same prompts, with 95 % bootstrap intervals.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
-import time
-from dataclasses import dataclass, field
+import statistics
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rlpost.cache import apply_cache_env
-from rlpost.config import ConfigError, doc, parse_config, section
-from rlpost.metrics import LoggingConfig
-from rlpost.trainer import DeepSpeedConfig, OptimConfig
+import torch
+
+from rlpost.algorithms.ranking_loss import RANKING_LOSSES
+from rlpost.config import ConfigError, check_path, doc, run_command, save_config, section, to_dict
+from rlpost.metrics import LoggingConfig, MetricsLogger, write_json
+from rlpost.rl.degeneracy import canary_texts
+from rlpost.rlhf.ranking_formats import split_rankings
+from rlpost.rlhf.ranking_metrics import ranking_metrics
+from rlpost.rlhf.rankings import Ranking, RankingError
+from rlpost.rlhf.reward_model import (
+    CARD,
+    SCORE_RULE,
+    RewardScorer,
+    freeze_below,
+    keep_bottom_layers,
+    render,
+    reward_model_from_lm,
+    score_all,
+    sequence_scores,
+)
+from rlpost.tokenizer import load_tokenizer
+from rlpost.trainer import DeepSpeedConfig, DeepSpeedTrainer, OptimConfig, train_loop
 
 
 @dataclass
@@ -44,7 +63,12 @@ class RMData:
     held_out: float = doc("Held-out prompts: a fraction if below 1, else a number of prompts.", 0.1)
     max_train_prompts: int = doc("Train on at most this many training prompts (0: all), e.g. for learning curves.", 0)
     max_tokens: int = doc("Tokens of a rendered prompt + response; longer ones keep their last tokens.", 512)
-    seed: int = doc("Seed of the split and of the data order.", 0)
+    synthetic_negatives: bool = doc(
+        "Append to every training ranking, as its worst tier (tied), degenerate answers a policy games a "
+        "reward model with: the hacking monitor's canaries (its most frequent word repeated, the empty "
+        "answer, the prompt echoed) and its best answer cut in half. Recorded in the reward card as synthetic.",
+        False,
+    )
 
 
 @dataclass
@@ -55,11 +79,13 @@ class RMLoss:
         "all_pairs",
     )
     margin: float = doc("Margin the better response's score must exceed the worse one's by (pairwise losses).", 0.0)
-    centering: float = doc("Coefficient of mean(score^2), which keeps scores near 0 (Eisenstein et al. 2023).", 0.0)
+    centering: float = doc(
+        "Coefficient of mean((s_better + s_worse)^2) over a ranking's untied pairs, which keeps scores near 0 "
+        "without shrinking their differences (Eisenstein et al. 2023).",
+        0.0,
+    )
 
     def validate(self):
-        from rlpost.algorithms.ranking_loss import RANKING_LOSSES
-
         if self.type not in RANKING_LOSSES:
             raise ConfigError(f"loss.type: {self.type!r} is not one of {sorted(RANKING_LOSSES)}")
 
@@ -84,6 +110,7 @@ class RewardModelConfig:
     )
     run_dir: str = doc("Output folder of this run.", "runs/reward_model_tiny")
     resume: bool = doc("Continue from the latest checkpoint in run_dir.", False)
+    seed: int = doc("Seed of the split, the data order and the new score head.", 0)
     data: RMData = section(RMData)
     loss: RMLoss = section(RMLoss)
     train: RMTrain = section(RMTrain)
@@ -102,17 +129,31 @@ class RewardModelConfig:
 
 
 def batch_loss(scores, rankings, cfg: RMLoss, generator: random.Random):
-    """Mean ranking loss over the batch (+ centring), `scores` flat in the rankings' response order."""
-    from rlpost.algorithms.ranking_loss import RANKING_LOSSES, centering_penalty
-
+    """Mean ranking loss (with its centring) over the batch, `scores` flat in the rankings' response order."""
     loss_fn = RANKING_LOSSES[cfg.type]
     losses, start = [], 0
     for ranking in rankings:
         k = len(ranking.responses)
-        losses.append(loss_fn(scores[start : start + k], ranking.ranks, margin=cfg.margin, generator=generator))
+        ranking_scores = scores[start : start + k]
+        losses.append(
+            loss_fn(ranking_scores, ranking.ranks, margin=cfg.margin, generator=generator, centering=cfg.centering)
+        )
         start += k
-    loss = sum(losses) / len(losses)
-    return loss + centering_penalty(scores, cfg.centering) if cfg.centering else loss
+    return sum(losses) / len(losses)
+
+
+SYNTHETIC_KINDS = ("repeat", "empty", "echo", "truncated")
+
+
+def with_synthetic_negatives(ranking: Ranking) -> Ranking:
+    """`ranking` with `SYNTHETIC_KINDS` appended as its worst tier, tied (`data.synthetic_negatives`);
+    a synthetic answer equal to one of the ranking's own is left out."""
+    prompt = ranking.prompt if isinstance(ranking.prompt, str) else ranking.prompt[-1]["content"]
+    best = ranking.responses[ranking.ranks.index(min(ranking.ranks))].split()
+    extra = [*canary_texts(prompt, list(ranking.responses)).values(), " ".join(best[: len(best) // 2])]
+    extra = [text for text in dict.fromkeys(extra) if text not in ranking.responses]
+    worst = max(ranking.ranks) + 1
+    return replace(ranking, responses=(*ranking.responses, *extra), ranks=(*ranking.ranks, *[worst] * len(extra)))
 
 
 def prompts(rankings) -> int:
@@ -120,9 +161,6 @@ def prompts(rankings) -> int:
 
 
 def held_out_metrics(model, tokenizer, rankings, cfg: RewardModelConfig, pad: int) -> dict:
-    from rlpost.rlhf.ranking_metrics import ranking_metrics
-    from rlpost.rlhf.reward_model import render, score_all
-
     sequences = [render(tokenizer, r.prompt, resp, cfg.data.max_tokens) for r in rankings for resp in r.responses]
     flat = score_all(model, sequences, pad, cfg.train.score_batch_size)
     scores, start = [], 0
@@ -133,128 +171,118 @@ def held_out_metrics(model, tokenizer, rankings, cfg: RewardModelConfig, pad: in
         scores,
         [list(r.ranks) for r in rankings],
         [list(r.responses) for r in rankings],
-        seed=cfg.data.seed,
+        seed=cfg.seed,
         resamples=cfg.bootstrap_resamples,
     )
 
 
-def train(cfg: RewardModelConfig) -> dict:
-    import statistics
+def build_reward_model(cfg: RewardModelConfig, tokenizer) -> tuple[object, int]:
+    """The backbone with a new score head, cut and frozen as `train` asks; and its trainable parameter count."""
+    torch.manual_seed(cfg.seed)  # the new score head's initial weights
+    model = reward_model_from_lm(cfg.model_path, tokenizer)
+    keep_bottom_layers(model, cfg.train.backbone_layers)
+    trainable = freeze_below(model, cfg.train.trainable_layers)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"reward model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trained")
+    return model, trainable
 
-    from tqdm import tqdm
 
-    from rlpost.config import check_path, save_config, to_dict
-    from rlpost.metrics import MetricsLogger, write_json
-    from rlpost.rlhf.rankings import load_rankings, split_by_prompt
-    from rlpost.rlhf.reward_model import (
-        CARD,
-        SCORE_RULE,
-        RewardScorer,
-        freeze_below,
-        keep_bottom_layers,
-        render,
-        reward_model_from_lm,
-        score_all,
-        sequence_scores,
-    )
-    from rlpost.tokenizer import load_tokenizer
-    from rlpost.trainer import DeepSpeedTrainer, epoch_batches
+def ranking_step(
+    trainer, rendered: list, train_set: list, cfg: RewardModelConfig, indices: list[int], step: int
+) -> dict:
+    """One optimizer step of the ranking loss on the training rankings at `indices`, all their
+    responses scored in one forward pass (`train_loop`'s step)."""
+    module = trainer.engine.module
+    trainer.train_mode()
+    scores = sequence_scores(module, [ids for i in indices for ids in rendered[i]], module.config.pad_token_id)
+    # Ties are ordered by a generator seeded with the step, so a resumed run repeats the draws.
+    loss = batch_loss(scores, [train_set[i] for i in indices], cfg.loss, random.Random(f"{cfg.seed}/{step}"))
+    trainer.backward(loss)
+    return {
+        "loss": loss.item(),
+        "grad_norm": trainer.grad_norm(),
+        "lr": trainer.lr(),
+        "score_mean": scores.mean().item(),
+        "score_std": scores.std().item() if len(scores) > 1 else 0.0,
+    }
 
+
+def main(cfg: RewardModelConfig) -> dict:
+    """Train the reward model, save it to `<run_dir>/model` with its card, and return the card."""
     check_path("model_path", cfg.model_path)
     for i, path in enumerate(cfg.data.files):
         check_path(f"data.files[{i}]", path)
     run_dir = Path(cfg.run_dir)
     save_config(cfg, run_dir / "config.yaml")
-    dataset = load_rankings(cfg.data.files)  # every line checked before anything trains
-    held_out = cfg.data.held_out if cfg.data.held_out < 1 else int(cfg.data.held_out)
-    train_set, eval_set = split_by_prompt(dataset, held_out, seed=cfg.data.seed)
-    if cfg.data.max_train_prompts:
-        keep = list(dict.fromkeys(r.prompt_key for r in train_set))[: cfg.data.max_train_prompts]
-        train_set = [r for r in train_set if r.prompt_key in set(keep)]
-    if len(train_set) < cfg.train.batch_size:
-        raise ConfigError(
-            f"train.batch_size: {cfg.train.batch_size} is more than the {len(train_set)} training rankings"
-        )
-    print(
-        f"rankings: {len(train_set)} training ({prompts(train_set)} prompts), {len(eval_set)} held out "
-        f"({prompts(eval_set)} prompts); per labeler: {dataset.per_labeler()}; skipped: {dict(dataset.skipped)}"
-    )
-
+    train_set, eval_set = split_rankings(cfg.data, cfg.seed, cfg.train.batch_size)
     tokenizer = load_tokenizer(cfg.model_path)
-    model = reward_model_from_lm(cfg.model_path, tokenizer)
+    model, trainable = build_reward_model(cfg, tokenizer)
     pad = model.config.pad_token_id
-    keep_bottom_layers(model, cfg.train.backbone_layers)
-    trainable = freeze_below(model, cfg.train.trainable_layers)
-    print(
-        f"reward model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trained"
-    )
+    # The card's normalisation is over the labelled answers (the policy's own samples), not the synthetic ones.
+    labelled = [[render(tokenizer, r.prompt, resp, cfg.data.max_tokens) for resp in r.responses] for r in train_set]
+    if cfg.data.synthetic_negatives:
+        train_set = [with_synthetic_negatives(r) for r in train_set]
     rendered = [[render(tokenizer, r.prompt, resp, cfg.data.max_tokens) for resp in r.responses] for r in train_set]
-    per_epoch = max(1, len(train_set) // cfg.train.batch_size)
-    steps = max(1, math.ceil(cfg.train.epochs * per_epoch))
+    steps = max(1, math.ceil(cfg.train.epochs * max(1, len(train_set) // cfg.train.batch_size)))
     trainer = DeepSpeedTrainer(
         cfg.model_path,
         cfg.optim,
         cfg.deepspeed,
         total_steps=steps,
         micro_batch_size=cfg.train.batch_size,
-        seed=cfg.data.seed,
+        seed=cfg.seed,
         model=model,
     )
-    module = trainer.engine.module
+
+    def held_out_accuracy(_step: int) -> dict:
+        metrics = held_out_metrics(trainer.engine.module, tokenizer, eval_set, cfg, pad)
+        return {"eval/pair_accuracy": metrics["pair_accuracy"]["mean"]}
+
     logger = MetricsLogger(run_dir, cfg.logging, "reward_model", config=to_dict(cfg))
-    start_step = 0
-    if cfg.resume and (state := trainer.load_latest(run_dir)) is not None:
-        start_step = state["step"]
-        print(f"resumed from step {start_step}")
-
-    lengths = [sum(len(ids) for ids in seqs) for seqs in rendered]
-    deadline = time.time() + 60 * cfg.train.max_minutes if cfg.train.max_minutes else math.inf
-    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="reward model")
-    step, batches = start_step, {}
-    for step in bar:
-        epoch, index = divmod(step, per_epoch)
-        if epoch not in batches:  # the order is a pure function of (seed, epoch): resumable
-            batches = {epoch: epoch_batches(lengths, cfg.train.batch_size, cfg.data.seed, epoch)}
-        batch = batches[epoch][index]
-        rankings = [train_set[i] for i in batch]
-        trainer.train_mode()
-        scores = sequence_scores(module, [ids for i in batch for ids in rendered[i]], pad)
-        loss = batch_loss(scores, rankings, cfg.loss, random.Random(f"{cfg.data.seed}/{step}"))
-        trainer.backward(loss)
-        metrics = {
-            "loss": loss.item(),
-            "grad_norm": trainer.grad_norm(),
-            "lr": trainer.lr(),
-            "score_mean": scores.mean().item(),
-            "score_std": scores.std().item() if len(scores) > 1 else 0.0,
-            "epoch": step / per_epoch,
-        }
-        step += 1
-        out_of_time = time.time() > deadline
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0:
-            metrics["eval/pair_accuracy"] = held_out_metrics(module, tokenizer, eval_set, cfg, pad)["pair_accuracy"][
-                "mean"
-            ]
-        if step % cfg.train.checkpoint_every == 0 or step == steps or out_of_time:
-            trainer.save_checkpoint(run_dir, step, tokenizer, {})
-        logger.log(step, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if out_of_time:
-            print(f"stopping after {cfg.train.max_minutes} minutes at step {step}")
-            break
-
-    # The card: normalisation over the training responses (the policy's own samples when they
-    # came from the ranking page), the rule, the data, and the held-out metrics. Both come from
-    # the saved model as RewardScorer reads it (fp32): a module trained in bf16 scores about 1 %
-    # differently, which would shift every normalised reward.
+    step = train_loop(
+        trainer,
+        [sum(len(ids) for ids in seqs) for seqs in rendered],
+        functools.partial(ranking_step, trainer, rendered, train_set, cfg),
+        steps=steps,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        tokenizer=tokenizer,
+        logger=logger,
+        checkpoint_every=cfg.train.checkpoint_every,
+        resume=cfg.resume,
+        evaluate=held_out_accuracy,
+        eval_every=cfg.train.eval_every,
+        desc="reward model",
+        max_minutes=cfg.train.max_minutes,
+    )
     trainer.save_hf(run_dir / "model", tokenizer)
-    saved = RewardScorer(run_dir / "model").model
-    sample = random.Random(cfg.data.seed).sample(
+    card = reward_card(
+        cfg, run_dir / "model", tokenizer, labelled, train_set, eval_set, steps=step, trainable=trainable
+    )
+    write_json(run_dir / "model" / CARD, card)
+    write_json(run_dir / "eval.json", card["held_out"])
+    logger.log(step, {f"final/{k}": v["mean"] for k, v in card["held_out"].items() if isinstance(v, dict)})
+    logger.close()
+    print(format_metrics(card["held_out"]))
+    return card
+
+
+def reward_card(cfg, folder: Path, tokenizer, rendered, train_set, eval_set, *, steps: int, trainable: int) -> dict:
+    """The card of the saved model: the scoring rule, the data, the held-out metrics, and the
+    normalisation over the training responses (the policy's own samples when they came from the
+    ranking page).
+
+    Both scores come from the saved model as RewardScorer reads it (fp32): a module trained in
+    bf16 scores about 1 % differently, which would shift every normalised reward."""
+    saved = RewardScorer(folder).model
+    pad = saved.config.pad_token_id
+    sample = random.Random(cfg.seed).sample(
         [ids for seqs in rendered for ids in seqs], min(cfg.train.normalization_samples, sum(map(len, rendered)))
     )
     norm_scores = score_all(saved, sample, pad, cfg.train.score_batch_size)
     metrics = held_out_metrics(saved, tokenizer, eval_set, cfg, pad)
-    card = {
+    return {
         "score_rule": SCORE_RULE,
         "max_tokens": cfg.data.max_tokens,
         "backbone": cfg.model_path,
@@ -264,8 +292,9 @@ def train(cfg: RewardModelConfig) -> dict:
             "prompts": prompts(train_set),
             "labelers": sorted({r.labeler or "unknown" for r in train_set}),
             "simulated_labelers": any((r.labeler or "").startswith("simulated:") for r in train_set),
+            "synthetic_negatives": list(SYNTHETIC_KINDS) if cfg.data.synthetic_negatives else None,
             "loss": to_dict(cfg.loss),
-            "steps": step,
+            "steps": steps,
             "backbone_layers": cfg.train.backbone_layers or "all",
             "trainable_layers": cfg.train.trainable_layers or "all",
             "trainable_parameters": trainable,
@@ -278,12 +307,6 @@ def train(cfg: RewardModelConfig) -> dict:
             "source": "responses in the training rankings",
         },
     }
-    write_json(run_dir / "model" / CARD, card)
-    write_json(run_dir / "eval.json", card["held_out"])
-    logger.log(step, {f"final/{k}": v["mean"] for k, v in metrics.items() if isinstance(v, dict)})
-    logger.close()
-    print(format_metrics(card["held_out"]))
-    return card
 
 
 def format_metrics(held_out: dict) -> str:
@@ -296,12 +319,4 @@ def format_metrics(held_out: dict) -> str:
 
 
 if __name__ == "__main__":
-    from rlpost.rlhf.rankings import RankingError
-
-    apply_cache_env()
-    try:
-        train(parse_config(RewardModelConfig))
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
-    except RankingError as error:  # names the file, the line and the problem
-        raise SystemExit(f"rankings error: {error}") from None
+    run_command(RewardModelConfig, main, {RankingError: "rankings error"})  # names the file, line and problem

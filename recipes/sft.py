@@ -19,9 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlpost.cache import apply_cache_env
 from rlpost.chat import read_conversations, render_conversation
-from rlpost.config import ConfigError, check_path, doc, parse_config, save_config, section
+from rlpost.config import ConfigError, check_path, doc, run_command, save_config, section
 from rlpost.distributed.cluster import init_ray
 from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
 from rlpost.distributed.tools import ToolConfig
@@ -59,7 +58,6 @@ class SFTTrain:
     max_minutes: float = doc("Stop (with a checkpoint) after this many minutes of training; 0 = no limit.", 0.0)
     batch_size: int = doc("Conversations per step.", 32)
     checkpoint_every: int = doc("Checkpoint (and held-out greedy eval) every N steps.", 100)
-    seed: int = doc("Seed for data order.", 0)
 
 
 @dataclass
@@ -70,6 +68,7 @@ class SFTConfig:
     )
     run_dir: str = doc("Output folder of this run.", "runs/sft_tiny")
     resume: bool = doc("Continue from the last checkpoint in run_dir if there is one.", False)
+    seed: int = doc("Seed of the data order.", 0)
     data: SFTData = section(SFTData)
     train: SFTTrain = section(SFTTrain)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20))
@@ -145,7 +144,7 @@ def train(cfg: SFTConfig, examples: list, tokenizer, worker) -> DeepSpeedTrainer
         cfg.deepspeed,
         total_steps=cfg.train.steps,
         micro_batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
+        seed=cfg.seed,
     )
 
     def eval_checkpoint(step: int, _path) -> dict:
@@ -161,7 +160,7 @@ def train(cfg: SFTConfig, examples: list, tokenizer, worker) -> DeepSpeedTrainer
         examples,
         steps=cfg.train.steps,
         batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
+        seed=cfg.seed,
         run_dir=run_dir,
         tokenizer=tokenizer,
         logger=logger,
@@ -220,8 +219,4 @@ def print_results(results: dict[str, EvalResult], sampled_eval: EvalConfig) -> N
 
 
 if __name__ == "__main__":
-    apply_cache_env()
-    try:
-        main(parse_config(SFTConfig))
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
+    run_command(SFTConfig, main)

@@ -1,11 +1,12 @@
-"""A causal LM under DeepSpeed: the one trainer behind pretraining, SFT and the RL learner.
+"""A model under DeepSpeed: the one trainer behind pretraining, SFT, reward models and the RL learner.
 
 `DeepSpeedTrainer` owns the DeepSpeed engine (ZeRO stage and bf16 from config; gloo on CPU,
 NCCL on GPU), computes token log-probabilities, takes optimizer steps, and writes atomic
 checkpoints (HF weights + DeepSpeed optimizer state + RNG + caller state) that `load_latest`
 resumes.
-In pretraining and SFT it runs in the recipe's process (world size 1); the RL learner runs one
-per rank inside Ray actors with the same code.
+In pretraining, SFT and reward models it runs in the recipe's process (world size 1), driven by
+`train_loop`, the one resumable step loop (the recipe supplies the step's loss); the RL learner
+runs one per rank inside Ray actors with the same code.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from rlpost.batching import collate, epoch_batches
 from rlpost.config import doc
 
 
@@ -301,40 +305,10 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (ids, mask) pairs into [B, T] tensors; padding has mask 0.
-
-    No attention mask is needed: with causal attention, right padding never influences the
-    real tokens before it."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (ids, mask) in enumerate(examples):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        loss_mask[i, : len(mask)] = torch.tensor(mask)
-    return input_ids, loss_mask
-
-
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, window: int = 8) -> list[list[int]]:
-    """Example indices of every batch of one epoch; a pure function of (seed, epoch).
-
-    The examples are shuffled, sorted by length within windows of `window` batches (so a
-    batch holds examples of similar length and right padding stays small), and the batches
-    are shuffled again so short and long ones alternate. The last partial batch is dropped."""
-    rng = random.Random(f"{seed}/{epoch}")
-    per_epoch = max(1, len(lengths) // batch_size)
-    order = rng.sample(range(len(lengths)), len(lengths))[: per_epoch * batch_size]
-    span = batch_size * window
-    for start in range(0, len(order), span):
-        order[start : start + span] = sorted(order[start : start + span], key=lengths.__getitem__)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def train_lm(
+def train_loop(
     trainer: DeepSpeedTrainer,
-    examples: list[tuple[list[int], list[int]]],
+    lengths: list[int],
+    train_step: Callable[[list[int], int], dict],
     *,
     steps: int,
     batch_size: int,
@@ -344,30 +318,28 @@ def train_lm(
     logger,
     checkpoint_every: int,
     resume: bool,
-    on_checkpoint=None,
+    evaluate: Callable[[int], dict] | None = None,
+    eval_every: int = 0,
+    on_checkpoint: Callable[[int, Path], dict] | None = None,
     desc: str = "train",
     max_minutes: float = 0.0,
 ) -> int:
-    """The pretraining/SFT loop: length-bucketed shuffled epochs over `examples` (`epoch_batches`),
-    one optimizer step per batch, metrics every step, an atomic checkpoint every
+    """The resumable loop of pretraining, SFT and reward models: length-bucketed shuffled epochs
+    over examples of `lengths` (`epoch_batches`), metrics every step, an atomic checkpoint every
     `checkpoint_every` steps and at the end.
 
-    Batch order is a pure function of (seed, step), so a resumed run continues exactly where the
-    interrupted one stopped. `on_checkpoint(step, checkpoint_dir) -> dict` may add metrics (e.g.
-    held-out accuracy) to the checkpoint's log line. With `max_minutes`, training stops (with a
-    checkpoint) once that much wall time has passed. Returns the last step trained."""
-    import time
-
-    from tqdm import tqdm
-
+    `train_step(indices, step) -> metrics` takes one optimizer step on the examples at `indices`;
+    its metrics (with "loss" and "lr") are logged with the epoch. Batch order is a pure function
+    of (seed, step), so a resumed run continues exactly where the interrupted one stopped.
+    `evaluate(step) -> dict` adds metrics every `eval_every` steps; `on_checkpoint(step,
+    checkpoint_dir) -> dict` adds them at each checkpoint (e.g. held-out accuracy). With
+    `max_minutes`, training stops (with a checkpoint) once that much wall time has passed.
+    Returns the last step trained."""
     start = 0
-    if resume:
-        state = trainer.load_latest(run_dir)
-        if state is not None:
-            start = state["step"]
-            print(f"resumed from step {start}")
-    per_epoch = max(1, len(examples) // batch_size)
-    lengths = [len(ids) for ids, _ in examples]
+    if resume and (state := trainer.load_latest(run_dir)) is not None:
+        start = state["step"]
+        print(f"resumed from step {start}")
+    per_epoch = max(1, len(lengths) // batch_size)
     batches: dict[int, list[list[int]]] = {}
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=trainer.rank != 0)
     deadline = time.time() + 60 * max_minutes if max_minutes else float("inf")
@@ -376,13 +348,12 @@ def train_lm(
         epoch, index = divmod(step, per_epoch)
         if epoch not in batches:
             batches = {epoch: epoch_batches(lengths, batch_size, seed, epoch)}
-        batch = [examples[i] for i in batches[epoch][index]]
-        input_ids, loss_mask = collate(batch, tokenizer.pad_token_id)
-        metrics = trainer.train_lm_batch(input_ids, loss_mask)
-        metrics["epoch"] = step / per_epoch
+        metrics = {**train_step(batches[epoch][index], step), "epoch": step / per_epoch}
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
         done = step + 1
         out_of_time = time.time() > deadline
+        if eval_every and done % eval_every == 0:
+            metrics.update(evaluate(done))
         if done % checkpoint_every == 0 or done == steps or out_of_time:
             path = trainer.save_checkpoint(run_dir, done, tokenizer, {})
             if on_checkpoint is not None:
@@ -393,3 +364,14 @@ def train_lm(
             print(f"stopping after {max_minutes} minutes at step {done}")
             break
     return done
+
+
+def train_lm(trainer: DeepSpeedTrainer, examples: list[tuple[list[int], list[int]]], *, tokenizer, **loop) -> int:
+    """Pretraining and SFT: `train_loop` (its keyword arguments in `loop`) with masked next-token
+    cross-entropy on `examples`, (token ids, loss mask) pairs. Returns the last step trained."""
+
+    def lm_step(indices: list[int], _step: int) -> dict:
+        input_ids, loss_mask = collate([examples[i] for i in indices], tokenizer.pad_token_id)
+        return trainer.train_lm_batch(input_ids, loss_mask)
+
+    return train_loop(trainer, [len(ids) for ids, _ in examples], lm_step, tokenizer=tokenizer, **loop)

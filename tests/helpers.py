@@ -230,3 +230,31 @@ def private_ray_env():
         yield {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp_dir}
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def answer_variants(problem) -> list[str]:
+    """Four answers to one arithmetic problem that the SIMULATED grader tells apart: with a unit,
+    the plain worked solution, one with a false step, and one with a wrong final answer."""
+    import re
+
+    from rlpost.tasks import STEP
+
+    unit = re.search(r"\$|(\w+)\?$", problem.prompt)
+    with_unit = problem.solution[:-1] + (f" {unit.group(1)}." if unit and unit.group(1) else ".")
+    if unit and unit.group(0) == "$":
+        with_unit = problem.solution.replace(f"is {problem.answer}.", f"is ${problem.answer}.")
+    false_step = STEP.sub(lambda m: f"{m[1]} {m[2]} {m[3]} = {int(m[4]) + 1}", problem.solution, count=1)
+    wrong = problem.solution.replace(f"is {problem.answer}.", f"is {int(problem.answer) + 3}.")
+    return [with_unit, problem.solution, false_step, wrong]
+
+
+def simulated_rankings(path: Path, prompts: int) -> Path:
+    """A rankings file of `prompts` practice problems, each's `answer_variants` ordered by the
+    SIMULATED grader (rlpost.rlhf.simulated_labeler)."""
+    from rlpost.rlhf.simulated_labeler import label
+    from rlpost.tasks import make_problems
+
+    with open(path, "w") as f:
+        for p in make_problems("arithmetic", "rl", prompts):
+            f.write(json.dumps(label(p.prompt, answer_variants(p), p.answer)) + "\n")
+    return path

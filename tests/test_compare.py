@@ -102,7 +102,7 @@ def test_two_tiny_models_compared_through_vllm_with_cache(
             "--models", f"{{sft: '{sft_run / 'model'}', base: '{pretrained / 'model'}'}}",
             "--data.tasks", "{arithmetic: 12, spelling_bee: 6}", "--sampling.samples", "4",
             "--sampling.max_new_tokens", "48", "--sampling.budgets", "[8, 16, 64]"]  # fmt: skip
-    results = compare.compare(load_config(compare.CompareConfig, args))
+    results = compare.main(load_config(compare.CompareConfig, args))
     assert results["models"] == ["sft", "base"] and results["tasks"] == ["arithmetic", "spelling_bee"]
     arithmetic = results["per_model"]["sft"]["arithmetic"]
     assert arithmetic["problems"] == 12 and set(arithmetic["pass@k"]) == {"1", "2", "4"}
@@ -120,7 +120,7 @@ def test_two_tiny_models_compared_through_vllm_with_cache(
     capsys.readouterr()
     args[5] = f"{{sft: '{sft_run / 'model'}', base: '{pretrained / 'model'}', again: '{sft_run / 'model'}'}}"
     monkeypatch.setattr(compare, "CHUNK_PROMPTS", 5)  # 12 problems: three engine calls, a bar step each
-    again = compare.compare(load_config(compare.CompareConfig, args))
+    again = compare.main(load_config(compare.CompareConfig, args))
     out, err = capsys.readouterr()
     assert "sft: every task cached" in out and "base: every task cached" in out and "again: answering" in out
     assert "arithmetic, 4 samples: 100%" in err and "12/12" in err

@@ -84,6 +84,7 @@ RECIPE_OF_CONFIG = {  # a config file's prefix → its recipe and the recipe's c
     "ppo": ("ppo", "PPOConfig"),
     "rlhf": ("ppo", "PPOConfig"),
     "compare": ("compare", "CompareConfig"),
+    "dpo": ("dpo", "DPOConfig"),
 }
 
 

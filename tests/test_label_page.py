@@ -1,4 +1,4 @@
-"""The ranking page (recipes/label.py) in a real browser, its JSON API over HTTP, and sampling.
+"""The ranking page (recipes/label.py) in a real browser, and its JSON API over HTTP.
 
 The browser is Debian's chromium driven by Playwright; the page shuffles the responses per view,
 so every expected `order` is computed from the order the DOM showed (response text → original
@@ -18,11 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.config import ConfigError, load_config, load_recipe
-from rlpost.rlhf.candidates import candidates_path_for, sample_candidates
-from rlpost.rlhf.label_server import LabelServer
-
-LabelConfig = load_recipe("label").LabelConfig
+from rlpost.rlhf.label_server import IDENTICAL_NOTE, LabelServer
+from rlpost.rlhf.rankings import read_rankings
 
 CANDIDATES = [
     {
@@ -53,9 +50,27 @@ CANDIDATES = [
 ]
 
 
-def write_candidates(path: Path) -> Path:
-    path.write_text("".join(json.dumps(c) + "\n" for c in CANDIDATES))
+# A tiny policy samples one text several times: "4" three times (once with whitespace around it),
+# and all five responses to the second prompt are one text.
+DUPLICATES = [
+    {"id": 0, "prompt": "What is 2 + 2?", "responses": ["4", "The answer is 4.", " 4\n", "5", "4"]},
+    {"id": 1, "prompt": "What is 3 + 3?", "responses": ["6", "6 ", "6", "\n6", "6"]},
+]
+
+
+def write_candidates(path: Path, candidates: list[dict] = CANDIDATES) -> Path:
+    path.write_text("".join(json.dumps(c) + "\n" for c in candidates))
     return path
+
+
+# The line the server writes by itself for DUPLICATES[1], whose responses are all "6".
+IDENTICAL_LINE = {
+    "prompt": "What is 3 + 3?",
+    "responses": ["6", "6 ", "6", "\n6", "6"],
+    "unrankable": True,
+    "labeler": "alice",
+    "note": IDENTICAL_NOTE,
+}
 
 
 def lines(path: Path) -> list[dict]:
@@ -94,18 +109,23 @@ def page(browser):
 
 
 def shown(page) -> list[dict]:
-    """The cards as displayed, top to bottom: label, original response index, rank (None: unranked)."""
+    """The cards as displayed, top to bottom: label, the original indices of the responses the
+    card stands for (`index`: the first), rank (None: unranked), tie mark and ×count badge."""
     cards = page.eval_on_selector_all(
         "#cards .card",
         "els => els.map(e => [e.dataset.label, e.querySelector('.text').textContent, e.dataset.rank || null,"
-        " e.classList.contains('tied')])",
+        " e.classList.contains('tied'), e.querySelector('.copies')?.textContent || null])",
     )
-    texts = sorted(text for _, text, _, _ in cards)
-    candidate = next(c for c in CANDIDATES if sorted(c["responses"]) == texts)
-    return [
-        {"label": label, "index": candidate["responses"].index(text), "rank": rank and int(rank), "tied": tied}
-        for label, text, rank, tied in cards
-    ]
+    texts = sorted(text.strip() for _, text, _, _, _ in cards)
+    candidate = next(c for c in CANDIDATES + DUPLICATES if sorted({r.strip() for r in c["responses"]}) == texts)
+    result = []
+    for label, text, rank, tied, copies in cards:
+        indices = [i for i, r in enumerate(candidate["responses"]) if r.strip() == text.strip()]
+        rank = rank and int(rank)
+        result.append(
+            {"label": label, "index": indices[0], "indices": indices, "rank": rank, "tied": tied, "copies": copies}
+        )
+    return result
 
 
 def card(page, label: str):
@@ -224,6 +244,26 @@ def test_rank_by_drag_and_keys_skip_unrankable_then_resume(page, tmp_path):
         "labeler": "alice",
     }
 
+    # Duplicated responses: "4" three times is one card marked ×3, the all-"6" prompt is never shown.
+    duplicates, out = write_candidates(tmp_path / "dup.jsonl", DUPLICATES), tmp_path / "dup_rankings.jsonl"
+    with serving(duplicates, out) as server:
+        page.goto(server.url)
+        expect(page.locator("#progress")).to_have_text("2 of 2")
+        expect(page.locator("#prompt")).to_have_text("What is 2 + 2?")
+        f0, f1, f2 = cards = shown(page)
+        assert sorted((c["indices"], c["copies"]) for c in cards) == [([0, 2, 4], "×3"), ([1], None), ([3], None)]
+        # Keys 2, 1, 1 rank the cards as shown: the second and the third tie for best.
+        for key in "211":
+            page.keyboard.press(key)
+        assert [(c["label"], c["rank"]) for c in shown(page)] == [(f1["label"], 1), (f2["label"], 1), (f0["label"], 2)]
+        page.keyboard.press("Enter")
+        expect(page.locator("#finished")).to_contain_text("all 2 prompts are answered (1 marked unrankable)")
+
+    # The copies of a card share its place: all five responses are in the order.
+    ranked = {"prompt": "What is 2 + 2?", "responses": DUPLICATES[0]["responses"], "labeler": "alice"}
+    order = [sorted(f1["indices"] + f2["indices"]), f0["indices"] if f0["copies"] else f0["index"]]
+    assert lines(out) == [IDENTICAL_LINE, {**ranked, "order": order}]
+
 
 def test_token_is_required_and_the_page_passes_it(page, tmp_path):
     from playwright.sync_api import expect
@@ -321,54 +361,38 @@ def test_second_answer_for_a_prompt_is_409_and_not_written(tmp_path):
         assert call(server, "/api/next")[1]["progress"] == {"done": 2, "total": 3, "unrankable": 1, "position": 3}
 
 
+def test_identical_responses_are_one_card_and_tied_in_the_order(tmp_path):
+    candidates, out = write_candidates(tmp_path / "c.jsonl", DUPLICATES), tmp_path / "rankings.jsonl"
+    with serving(candidates, out) as server:
+        # Starting wrote the all-"6" prompt as unrankable: only the other one is left.
+        assert lines(out) == [IDENTICAL_LINE]
+        view = call(server, "/api/next")[1]
+        assert view["progress"] == {"done": 1, "total": 2, "unrankable": 1, "position": 2}
+        assert {r["text"]: r["count"] for r in view["responses"]} == {"4": 3, "The answer is 4.": 1, "5": 1}
+        assert [r["label"] for r in view["responses"]] == ["A", "B", "C"]
+
+        # One rank per card, not per response; "4" best, the worked answer next, "5" last.
+        assert call(server, "/api/submit", {"view": view["view"], "ranks": [1, 2, 3, 4, 5]})[0] == 400
+        rank_of = {"4": 1, "The answer is 4.": 2, "5": 3}
+        ranks = [rank_of[r["text"]] for r in view["responses"]]
+        assert call(server, "/api/submit", {"view": view["view"], "ranks": ranks})[0] == 200
+        assert call(server, "/api/next")[1]["done"] is True
+
+    ranked = {"prompt": "What is 2 + 2?", "responses": DUPLICATES[0]["responses"], "labeler": "alice"}
+    assert lines(out) == [IDENTICAL_LINE, {**ranked, "order": [[0, 2, 4], 1, 3]}]
+    rankings = read_rankings(out)
+    assert [r.ranks for r in rankings] == [(0, 1, 0, 2, 0)]
+    assert rankings.skipped == {"unrankable": 1}
+
+    # A restart does not record the all-"6" prompt again.
+    with serving(candidates, out) as server:
+        assert call(server, "/api/next")[1]["done"] is True
+    assert len(lines(out)) == 2
+
+
 def test_each_view_shuffles_the_responses(tmp_path):
     with serving(write_candidates(tmp_path / "c.jsonl"), tmp_path / "rankings.jsonl") as server:
         orders = {tuple(r["text"] for r in call(server, "/api/next")[1]["responses"]) for _ in range(30)}
     # 30 views of 4 responses all in one order would happen with probability 24**-29.
     assert len(orders) > 1
     assert all(sorted(order) == sorted(CANDIDATES[0]["responses"]) for order in orders)
-
-
-def test_config_refuses_an_exposed_host_without_token(tmp_path):
-    with pytest.raises(ConfigError, match="^token: "):
-        load_config(LabelConfig, ["--labeler", "alice", "--host", "0.0.0.0"])
-    with pytest.raises(ConfigError, match="^token: "):
-        LabelServer(write_candidates(tmp_path / "c.jsonl"), tmp_path / "r.jsonl", "alice", host="0.0.0.0")
-    cfg = load_config(LabelConfig, ["--labeler", "alice", "--host", "0.0.0.0", "--token", "s3cret"])
-    assert (cfg.host, cfg.token, cfg.k) == ("0.0.0.0", "s3cret", 5)
-    assert load_config(LabelConfig, ["--labeler", "a", "--host", "localhost"]).host == "localhost"
-    assert load_config(LabelConfig, ["--labeler", "a", "--prompts", "data/p.jsonl"]).prompts == "data/p.jsonl"
-    assert load_config(LabelConfig, ["--labeler", "a", "--prompts", "{arithmetic: 7}"]).prompts == {"arithmetic": 7}
-    with pytest.raises(ConfigError, match="^labeler: "):
-        load_config(LabelConfig, [])
-    with pytest.raises(ConfigError, match="^k: "):
-        load_config(LabelConfig, ["--labeler", "a", "--k", "1"])
-    with pytest.raises(ConfigError, match="^prompts: unknown task 'nope'"):
-        load_config(LabelConfig, ["--labeler", "a", "--prompts", "{nope: 3}"])
-    assert candidates_path_for("runs/x/rankings.jsonl") == Path("runs/x/rankings.candidates.jsonl")
-
-
-@pytest.mark.slow
-def test_sample_candidates_through_a_rollout_worker(sft_run, ray_cluster, tmp_path):
-    from rlpost.distributed.engine import VLLMConfig
-    from rlpost.tasks import make_problems
-
-    problems = make_problems("arithmetic", "rl", 3)
-    path = tmp_path / "rankings.candidates.jsonl"
-    records = sample_candidates(
-        str(sft_run / "model"),
-        [{"prompt": p.prompt, "answer": p.answer} for p in problems],
-        3,
-        path,
-        max_new_tokens=64,
-        vllm=VLLMConfig(kv_cache_gib=0.25),
-    )
-    assert lines(path) == records
-    assert [(r["id"], r["prompt"], r["answer"]) for r in records] == [
-        (i, p.prompt, p.answer) for i, p in enumerate(problems)
-    ]
-    assert all(len(r["responses"]) == 3 and all(t.strip() for t in r["responses"]) for r in records)
-    # Sampled at temperature 1, three responses to the same prompt are not all one text.
-    assert any(len(set(r["responses"])) > 1 for r in records)
-    # A second call reads the file back: no model is needed (this path does not exist).
-    assert sample_candidates(str(tmp_path / "no_model"), ["other prompt"], 5, path) == records

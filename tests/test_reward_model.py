@@ -8,40 +8,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import pytest
-from helpers import grpo_config, metrics, run_recipe
+from helpers import grpo_config, metrics, run_recipe, simulated_rankings
 
 from rlpost.config import load_recipe
 
 pytestmark = pytest.mark.slow
 
 
-def variants(problem) -> list[str]:
-    """Four answers to one arithmetic problem that the simulated labeler tells apart: with a unit,
-    the plain worked solution, one with a false step, and one with a wrong final answer."""
-    from rlpost.tasks import STEP
-
-    unit = re.search(r"\$|(\w+)\?$", problem.prompt)
-    with_unit = problem.solution[:-1] + (f" {unit.group(1)}." if unit and unit.group(1) else ".")
-    if unit and unit.group(0) == "$":
-        with_unit = problem.solution.replace(f"is {problem.answer}.", f"is ${problem.answer}.")
-    false_step = STEP.sub(lambda m: f"{m[1]} {m[2]} {m[3]} = {int(m[4]) + 1}", problem.solution, count=1)
-    wrong = problem.solution.replace(f"is {problem.answer}.", f"is {int(problem.answer) + 3}.")
-    return [with_unit, problem.solution, false_step, wrong]
-
-
 @pytest.fixture(scope="module")
 def rankings_file(tmp_path_factory):
-    from rlpost.rlhf.simulated_labeler import label
-    from rlpost.tasks import make_problems
-
-    path = tmp_path_factory.mktemp("rankings") / "simulated.jsonl"
-    with open(path, "w") as f:
-        for p in make_problems("arithmetic", "rl", 300):
-            f.write(json.dumps(label(p.prompt, variants(p), p.answer)) + "\n")
-    return path
+    return simulated_rankings(tmp_path_factory.mktemp("rankings") / "simulated.jsonl", 300)
 
 
 def rm_args(backbone, rankings, run_dir, *extra) -> list[str]:
@@ -77,6 +55,30 @@ def reward_run(pretrained, rankings_file, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reward_model")
     proc = run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, "--train.epochs", "2"))
     return run_dir, proc
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(pretrained, rankings_file, tmp_path_factory):
+    """A second reward model: another seed, with synthetic negatives in its rankings."""
+    run_dir = tmp_path_factory.mktemp("reward_model_synthetic")
+    extra = ["--train.epochs", "1", "--seed", "1", "--data.synthetic_negatives", "true"]
+    run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, *extra))
+    return run_dir
+
+
+def test_synthetic_negatives_are_the_worst_tier_and_the_card_says_so(synthetic_run):
+    from rlpost.rlhf.rankings import Ranking
+
+    reward_model = load_recipe("reward_model")
+    ranking = Ranking("What is 2 + 3?", ("2 + 3 = 5. The answer is 5.", "The answer is 6."), (0, 1))
+    extended = reward_model.with_synthetic_negatives(ranking)
+    # The two answers keep their tiers; below them, tied: the answers' most frequent word ("5.",
+    # first of the words seen twice) repeated 8 times, the empty answer, the echo, the best half cut.
+    assert extended.responses[2:] == (" ".join(["5."] * 8), "", "What is 2 + 3?", "2 + 3 =")
+    assert extended.ranks == (0, 1, 2, 2, 2, 2)
+    card = json.loads((synthetic_run / "model" / "reward_card.json").read_text())
+    assert card["trained"]["synthetic_negatives"] == ["repeat", "empty", "echo", "truncated"]
+    assert card["normalization"]["samples"] <= 4 * 240  # over the labelled answers only
 
 
 def test_the_recipe_learns_the_preference_and_reports_baselines(reward_run):
@@ -122,11 +124,12 @@ def test_saved_folder_loads_with_transformers_and_scores_like_the_recipe(reward_
 def test_reward_card_describes_the_model(reward_run, rankings_file):
     from rlpost.rlhf.rankings import read_rankings
     from rlpost.rlhf.reward_model import RewardScorer, read_card
+    from rlpost.rlhf.simulated_labeler import LABELER
 
     run_dir, _ = reward_run
     card = read_card(run_dir / "model")
     assert "last token" in card["score_rule"] and card["max_tokens"] == 256
-    assert card["trained"]["labelers"] == ["simulated:arithmetic_preference"]
+    assert card["trained"]["labelers"] == [LABELER]
     assert card["trained"]["simulated_labelers"] is True
     assert card["trained"]["prompts"] == 240 and card["held_out"]["prompts"] == 60
     assert card["trained"]["backbone_layers"] == 3 and card["trained"]["trainable_layers"] == 2
@@ -186,9 +189,11 @@ def test_a_bad_rankings_line_stops_before_training(pretrained, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_grpo_two_steps_with_the_learned_reward(reward_run, sft_run, ray_cluster, tmp_path):
+def test_grpo_two_steps_with_an_ensemble_of_learned_rewards(reward_run, synthetic_run, sft_run, ray_cluster, tmp_path):
+    """The two reward models score together in the reward workers: mean − 0.5·std, each logged."""
     grpo = load_recipe("grpo")
-    rewards = f"[{{name: reward_model, timeout_s: 60, kwargs: {{path: '{reward_run[0] / 'model'}', batch_size: 8}}}}]"
+    paths = f"['{reward_run[0] / 'model'}', '{synthetic_run / 'model'}']"
+    rewards = f"[{{name: reward_model, timeout_s: 60, kwargs: {{paths: {paths}, penalty: 0.5, batch_size: 8}}}}]"
     cfg = grpo_config(
         sft_run / "model",
         tmp_path,
@@ -214,6 +219,13 @@ def test_grpo_two_steps_with_the_learned_reward(reward_run, sft_run, ray_cluster
         assert math.isfinite(m["reward/reward_model"]) and m["reward/std"] > 0
         assert m["reward/reward_model/failures"] == 0
         assert m["samples_trained"] == 16
+        members, std = (
+            (m["reward/reward_model/member_0"], m["reward/reward_model/member_1"]),
+            m["reward/reward_model/std"],
+        )
+        assert std > 0 and members[0] != members[1]
+        # A batch mean of mean − λ·std per sample is the mean of the members' means minus λ·(mean std).
+        assert m["reward/reward_model"] == pytest.approx(sum(members) / 2 - 0.5 * std, abs=1e-4)
 
 
 def test_rlhf_two_ppo_steps_with_the_critic_from_the_reward_model(reward_run, sft_run, ray_cluster, tmp_path):

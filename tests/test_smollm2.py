@@ -69,7 +69,7 @@ def test_compared_with_the_tiny_model_on_gsm8k_through_its_own_chat_template(fol
             "--models", f"{{smollm2: '{folder}', tiny_sft: '{sft_run / 'model'}'}}", "--data.tasks", "{}",
             "--data.gsm8k", str(ROOT.parent / "shared/data/gsm8k"), "--data.gsm8k_problems", "4",
             "--sampling.samples", "1", "--sampling.max_new_tokens", "160", "--sampling.budgets", "[32]"]  # fmt: skip
-    results = compare.compare(load_config(compare.CompareConfig, args))
+    results = compare.main(load_config(compare.CompareConfig, args))
     assert results["tasks"] == ["gsm8k"] and results["per_model"]["smollm2"]["gsm8k"]["problems"] == 4
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     answers = [r for r in records if r["model"] == "smollm2"]

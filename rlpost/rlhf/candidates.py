@@ -1,7 +1,7 @@
 """Candidates to rank: K responses per prompt sampled from a policy through a vLLM rollout worker.
 
 `sample_candidates` writes them to a JSONL file of {"id", "prompt", "responses", "answer"?} lines
-and reads that file back instead of sampling again, so the ranking page (`rlpost.rlhf.label_server`) shows
+and reads that file back instead of sampling again, so the ranking page (`recipes/label.py`) shows
 the same responses after a restart, and a benchmark can rank the same samples with the
 simulated labeler.
 """

@@ -7,10 +7,17 @@
 The candidates (`rlpost/rlhf/candidates.py`) are K responses per prompt, kept in one JSONL
 file. `LabelServer` serves `label_page.html` and a JSON API over them:
 
-    GET  /api/next        the next prompt nobody ranked yet: responses shuffled per view, labelled A, B, ...
-    POST /api/submit      {"view", "ranks": [rank per displayed response, 1 = best, equal = tie], "note"?}
+    GET  /api/next        the next prompt nobody ranked yet: one card per distinct response
+                          ({"label", "text", "count"}), shuffled per view, labelled A, B, ...
+    POST /api/submit      {"view", "ranks": [rank per displayed card, 1 = best, equal = tie], "note"?}
     POST /api/skip        {"view"}: nothing is written; the prompt comes back after the others
     POST /api/unrankable  {"view", "note"?}: written as an "unrankable": true line
+
+A small policy often samples one text several times. Responses equal after stripping surrounding
+whitespace are shown once, as one card whose `count` says how many of the K samples it stands
+for; the written `order` still covers all K responses, the copies of a card tied at its place.
+A prompt whose K responses are all one text has nothing to rank: when the server starts, it
+appends an "unrankable": true line for it with the note IDENTICAL_NOTE, and never shows it.
 
 Every ranking is one line of the rankings JSONL (rlpost/rlhf/rankings.py), appended at once. Prompts
 already in that file, ranked or unrankable, are never shown again, so stopping and starting
@@ -38,6 +45,7 @@ from rlpost.rlhf.rankings import append_ranking
 PAGE = Path(__file__).with_name("label_page.html")
 TOKEN_HEADER = "X-Label-Token"
 MAX_BODY = 1 << 20
+IDENTICAL_NOTE = "all responses identical: nothing to rank, skipped without being shown"
 
 
 def check_exposure(host: str, token: str | None) -> None:
@@ -56,6 +64,15 @@ def _key(prompt, responses) -> str:
     return json.dumps([prompt, responses], sort_keys=True, ensure_ascii=False)
 
 
+def distinct_responses(responses: list[str]) -> list[list[int]]:
+    """The response indices grouped by text without surrounding whitespace, one group per card,
+    in order of first appearance: ["4", "5", " 4"] → [[0, 2], [1]]."""
+    groups: dict[str, list[int]] = {}
+    for index, response in enumerate(responses):
+        groups.setdefault(response.strip(), []).append(index)
+    return list(groups.values())
+
+
 class Rejected(Exception):
     def __init__(self, status: HTTPStatus, message: str):
         super().__init__(message)
@@ -72,19 +89,22 @@ class LabelServer:
         check_exposure(host, token)
         self.candidates = read_candidates(candidates_path)
         self.keys = [_key(c["prompt"], c["responses"]) for c in self.candidates]
+        self.cards = [distinct_responses(c["responses"]) for c in self.candidates]
         self.out_path = Path(out_path)
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         self.labeler, self.token = labeler, token or None
         self.queue = list(range(len(self.candidates)))  # skipping moves a prompt to the back
-        self.views: OrderedDict[str, tuple[int, list[int]]] = OrderedDict()  # view id → (candidate, shown order)
+        # view id → (candidate, the response indices of each card in the shown order)
+        self.views: OrderedDict[str, tuple[int, list[list[int]]]] = OrderedDict()
         self.done: set[str] = set()  # keys of the prompts in the rankings file
         self.unrankable: set[str] = set()  # those of them marked unrankable
         self._seen_stat = None
         self.lock = threading.Lock()
         self.rng = random.Random(secrets.randbits(64))
+        self._refresh_done()
+        self._record_identical()
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
-        self._refresh_done()
 
     @property
     def port(self) -> int:
@@ -130,6 +150,24 @@ class LabelServer:
     def _is_done(self, index: int) -> bool:
         return self.keys[index] in self.done
 
+    def _record_identical(self) -> None:
+        """An unrankable line for each unanswered prompt whose responses are all one text."""
+        for index, cards in enumerate(self.cards):
+            if len(cards) == 1 and not self._is_done(index):
+                c = self.candidates[index]
+                append_ranking(
+                    self.out_path,
+                    {
+                        "prompt": c["prompt"],
+                        "responses": c["responses"],
+                        "unrankable": True,
+                        "labeler": self.labeler,
+                        "note": IDENTICAL_NOTE,
+                    },
+                )
+                self.done.add(self.keys[index])  # a candidate listed twice is recorded once
+        self._refresh_done()
+
     def progress(self) -> dict:
         done = sum(key in self.done for key in self.keys)
         return {"done": done, "total": len(self.keys), "unrankable": sum(key in self.unrankable for key in self.keys)}
@@ -141,7 +179,7 @@ class LabelServer:
             index = next((i for i in self.queue if not self._is_done(i)), None)
             if index is None:
                 return {"done": True, "progress": progress, "out": self.out_path.name}
-            shown = list(range(len(self.candidates[index]["responses"])))
+            shown = list(self.cards[index])
             self.rng.shuffle(shown)  # a fresh order per view: no response keeps the first place
             view = secrets.token_hex(8)
             self.views[view] = (index, shown)
@@ -152,7 +190,10 @@ class LabelServer:
             "done": False,
             "view": view,
             "prompt": c["prompt"],
-            "responses": [{"label": _label(pos), "text": c["responses"][i]} for pos, i in enumerate(shown)],
+            "responses": [
+                {"label": _label(pos), "text": c["responses"][card[0]], "count": len(card)}
+                for pos, card in enumerate(shown)
+            ],
             "progress": {**progress, "position": progress["done"] + 1},
             "labeler": self.labeler,
         }
@@ -195,18 +236,19 @@ def _label(position: int) -> str:
     return letters[position] if position < 26 else f"R{position + 1}"
 
 
-def _order(ranks, shown: list[int]) -> list:
-    """Ranks per displayed response (1 = best, equal = tie) → the record's `order` over the
-    original response indices: best first, tied indices as a sorted list."""
+def _order(ranks, shown: list[list[int]]) -> list:
+    """Ranks per displayed card (1 = best, equal = tie) → the record's `order` over the original
+    response indices: best first, tied indices as a sorted list. The copies a card stands for
+    are tied at its place."""
     if (
         not isinstance(ranks, list)
         or len(ranks) != len(shown)
         or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks)
     ):
-        raise Rejected(HTTPStatus.BAD_REQUEST, f"'ranks' must be {len(shown)} integers >= 1, one per response")
+        raise Rejected(HTTPStatus.BAD_REQUEST, f"'ranks' must be {len(shown)} integers >= 1, one per card")
     tiers: dict[int, list[int]] = {}
     for position, rank in enumerate(ranks):
-        tiers.setdefault(rank, []).append(shown[position])
+        tiers.setdefault(rank, []).extend(shown[position])
     return [sorted(t) if len(t) > 1 else t[0] for _, t in sorted(tiers.items())]
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from rlpost.config import ConfigError
 from rlpost.rlhf.rankings import (
     Ranking,
     RankingError,
@@ -21,6 +22,7 @@ from rlpost.rlhf.rankings import (
     is_plain_user_turn,
     read_rankings,
     read_records,
+    split_by_prompt,
     type_name,
 )
 
@@ -191,3 +193,23 @@ def load_rankings(paths: str | Path | Iterable[str | Path], fmt: str = "auto") -
         combined.skipped.update(part.skipped)
         combined.formats.update(part.formats)
     return combined
+
+
+def split_rankings(data, seed: int, batch_size: int) -> tuple[list, list]:
+    """The training and held-out rankings of `data` (a recipe's data section: files, held_out,
+    max_train_prompts), split by prompt; every line is checked before anything trains. Stops with
+    a ConfigError when fewer rankings than one batch are left to train on."""
+    dataset = load_rankings(data.files)
+    held_out = data.held_out if data.held_out < 1 else int(data.held_out)
+    train_set, eval_set = split_by_prompt(dataset, held_out, seed=seed)
+    if data.max_train_prompts:
+        keep = set(list(dict.fromkeys(r.prompt_key for r in train_set))[: data.max_train_prompts])
+        train_set = [r for r in train_set if r.prompt_key in keep]
+    if len(train_set) < batch_size:
+        raise ConfigError(f"train.batch_size: {batch_size} is more than the {len(train_set)} training rankings")
+    prompts = lambda rankings: len({r.prompt_key for r in rankings})  # noqa: E731
+    print(
+        f"rankings: {len(train_set)} training ({prompts(train_set)} prompts), {len(eval_set)} held out "
+        f"({prompts(eval_set)} prompts); per labeler: {dataset.per_labeler()}; skipped: {dict(dataset.skipped)}"
+    )
+    return train_set, eval_set
