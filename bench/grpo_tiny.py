@@ -34,12 +34,29 @@ def run(args: list[str]) -> float:
     return time.time() - t0
 
 
-def main() -> None:
-    from rlpost.cache import apply_cache_env
+def held_out_accuracy() -> dict:
+    """Sampled and greedy accuracy of the three models on every held-out arithmetic problem."""
     from rlpost.distributed.cluster import init_ray
     from rlpost.evaluate import EvalConfig, evaluate_models
-    from rlpost.metrics import read_metrics, write_bench_result
     from rlpost.tasks import EVAL_POOL, make_problems
+
+    init_ray()
+    # All of the held-out pool: on 500 problems × 4 samples a sampled pass@1 near 30 % has a
+    # standard error of about a point, as large as the differences between the variants compared.
+    problems = make_problems("arithmetic", "eval", EVAL_POOL)
+    configs = {
+        "sampled": EvalConfig(temperature=1.0, samples=4, max_new_tokens=128),
+        "greedy": EvalConfig(temperature=0.0, samples=1, max_new_tokens=128),
+    }
+    models = {"before": SFT_MODEL, "grpo": GRPO_DIR / "model", "sft_equal_time": SFT_MORE_DIR / "model"}
+    results = evaluate_models({k: str(v) for k, v in models.items()}, problems, configs)
+    return {name: {mode: r.accuracy["arithmetic"] for mode, r in res.items()} for name, res in results.items()}
+
+
+def main() -> None:
+    from rlpost.cache import apply_cache_env
+    from rlpost.metrics import read_metrics, write_bench_result
+    from rlpost.tasks import EVAL_POOL
 
     apply_cache_env()
     if not SFT_MODEL.exists():
@@ -89,20 +106,7 @@ def main() -> None:
         ]
     )
 
-    init_ray()
-    # All of the held-out pool: on 500 problems × 4 samples a sampled pass@1 near 30 % has a
-    # standard error of about a point, as large as the differences between the variants compared.
-    problems = make_problems("arithmetic", "eval", EVAL_POOL)
-    configs = {
-        "sampled": EvalConfig(temperature=1.0, samples=4, max_new_tokens=128),
-        "greedy": EvalConfig(temperature=0.0, samples=1, max_new_tokens=128),
-    }
-    results = evaluate_models(
-        {"before": str(SFT_MODEL), "grpo": str(GRPO_DIR / "model"), "sft_equal_time": str(SFT_MORE_DIR / "model")},
-        problems,
-        configs,
-    )
-    acc = {name: {mode: r.accuracy["arithmetic"] for mode, r in res.items()} for name, res in results.items()}
+    acc = held_out_accuracy()
     phases = ("rollout", "reward", "reference", "train", "sync", "eval", "checkpoint", "step")
     by_phase = {p: round(statistics.median(m.get(f"time/{p}", 0.0) or 0.0 for m in steps), 3) for p in phases}
     metrics = {

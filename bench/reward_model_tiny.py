@@ -32,28 +32,9 @@ LOSSES = ("all_pairs", "plackett_luce", "best_worst")
 STEPS, BATCH = 100, 16  # the same number of updates for every reward model
 
 
-def main() -> None:
-    from rlpost.cache import apply_cache_env
+def train_reward_models(rankings: Path) -> dict:
+    """One reward model per loss and training-set size on the same rankings; their held-out metrics."""
     from rlpost.config import load_config, load_recipe
-    from rlpost.metrics import write_bench_result
-    from rlpost.rlhf.candidates import load_prompts, sample_candidates
-    from rlpost.rlhf.simulated_labeler import LABELER, label, preference_key
-
-    apply_cache_env()
-    t_start = time.time()
-    RUN.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    candidates = sample_candidates(
-        str(SFT_MODEL), load_prompts({"arithmetic": PROMPTS}), K, RUN / "candidates.jsonl", max_new_tokens=128
-    )
-    sample_s = time.time() - t0
-    rankings = RUN / "rankings.jsonl"
-    keys = []
-    with open(rankings, "w") as f:
-        for c in candidates:
-            f.write(json.dumps(label(c["prompt"], c["responses"], c["answer"])) + "\n")
-            keys += [preference_key(c["prompt"], r, c["answer"]) for r in c["responses"]]
-    print(f"{len(candidates)} prompts x {K} answers sampled in {sample_s:.0f} s and ranked by {LABELER}")
 
     recipe = load_recipe("reward_model")
     runs = {}
@@ -92,10 +73,36 @@ def main() -> None:
             runs[name] = {"train_s": round(time.time() - t0, 1), **card["held_out"]}
             print(f"{name}: held-out pair accuracy {card['held_out']['pair_accuracy']}", flush=True)
 
+    return runs
+
+
+def main() -> None:
+    from rlpost.cache import apply_cache_env
+    from rlpost.metrics import write_bench_result
+    from rlpost.rlhf.candidates import load_prompts, sample_candidates
+    from rlpost.rlhf.simulated_labeler import LABELER, label, preference_key
+
+    apply_cache_env()
+    t_start = time.time()
+    RUN.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    candidates = sample_candidates(
+        str(SFT_MODEL), load_prompts({"arithmetic": PROMPTS}), K, RUN / "candidates.jsonl", max_new_tokens=128
+    )
+    sample_s = time.time() - t0
+    rankings = RUN / "rankings.jsonl"
+    keys = []
+    with open(rankings, "w") as f:
+        for c in candidates:
+            f.write(json.dumps(label(c["prompt"], c["responses"], c["answer"])) + "\n")
+            keys += [preference_key(c["prompt"], r, c["answer"]) for r in c["responses"]]
+    print(f"{len(candidates)} prompts x {K} answers sampled in {sample_s:.0f} s and ranked by {LABELER}")
+
+    runs = train_reward_models(rankings)
     first = runs[f"{LOSSES[0]}/{SIZES[0]}"]
     metrics = {
         "labeler": LABELER + " (a scripted preference, not a person)",
-        "hidden_preference": "correct answer, then fewer false arithmetic steps, then a stated unit, then shorter",
+        "hidden_preference": "correct answer; then sound text; then shown work with fewer bad steps; a unit and brevity break ties",
         "prompts_sampled": len(candidates),
         "responses_per_prompt": K,
         "held_out_prompts": HELD_OUT,
