@@ -29,12 +29,18 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rewards.answers import clean_answer, extract_final_answer
 from rlpost.chat import prompt_ids
+from rlpost.compare.report import write_report
+from rlpost.compare.stats import maj_at_k, mcnemar, mean_ci95, paired_bootstrap, pass_at_k_curve
 from rlpost.completions import sample_completions, score_completions
-from rlpost.config import ConfigError, doc, run_command, section
-from rlpost.distributed.engine import VLLMConfig
+from rlpost.config import ConfigError, check_path, doc, run_command, save_config, section
+from rlpost.data import load_gsm8k, read_jsonl
+from rlpost.distributed.cluster import init_ray
+from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
 from rlpost.distributed.tools import ToolConfig
-from rlpost.tokenizer import decode_completions
+from rlpost.tasks import Problem, make_problems
+from rlpost.tokenizer import decode_completions, load_tokenizer
 
 # Prompts per engine call: each call is a step of the progress bar.
 CHUNK_PROMPTS = 100
@@ -91,9 +97,6 @@ class CompareConfig:
 
 def load_problems(data: CompareData) -> dict[str, list]:
     """Task → its held-out problems."""
-    from rlpost.data import load_gsm8k, read_jsonl
-    from rlpost.tasks import Problem, make_problems
-
     problems = {task: make_problems(task, "eval", count) for task, count in data.tasks.items()}
     if data.gsm8k:
         problems["gsm8k"] = load_gsm8k(data.gsm8k, "test")[: data.gsm8k_problems]
@@ -109,8 +112,6 @@ def load_problems(data: CompareData) -> dict[str, list]:
 
 def extracted_answer(text: str) -> str | None:
     """The final answer as maj@k votes on it (rewards.answers' extraction and cleaning)."""
-    from rewards.answers import clean_answer, extract_final_answer
-
     raw = extract_final_answer(text)
     return clean_answer(raw) if raw is not None else None
 
@@ -194,9 +195,6 @@ def budget_forced(worker, tokenizer, task, problems, greedy, greedy_correct, cfg
 
 def model_records(name: str, path: str, problems: dict[str, list], cfg: CompareConfig) -> list[dict]:
     """Every record of one model, from the cache or from a rollout worker started on it."""
-    from rlpost.distributed.engine import start_rollout_workers
-    from rlpost.tokenizer import load_tokenizer
-
     cache = Path(cfg.run_dir) / "cache" / name
     files = {task: cache / f"{task}-{setting_key(path, task, len(ps), cfg)}.jsonl" for task, ps in problems.items()}
     missing = [task for task, f in files.items() if not f.exists()]
@@ -227,8 +225,6 @@ def model_records(name: str, path: str, problems: dict[str, list], cfg: CompareC
 def summarize(records: list[dict], cfg: CompareConfig) -> dict:
     """One model's metrics on one task from its records (see the module docstring)."""
     from statistics import fmean
-
-    from rlpost.compare.stats import maj_at_k, mean_ci95, pass_at_k_curve
 
     n = cfg.sampling.samples
     greedy = {r["problem"]: r for r in records if r["sample"] == "greedy"}
@@ -270,7 +266,6 @@ def summarize(records: list[dict], cfg: CompareConfig) -> dict:
 def compare_pair(a: list[dict], b: list[dict], n: int) -> dict:
     """Two models' records on one task: the 2x2 table of greedy correctness with McNemar's
     exact test, and a paired bootstrap on per-problem pass@1."""
-    from rlpost.compare.stats import mcnemar, paired_bootstrap
 
     def per_problem(records):
         greedy = {r["problem"]: bool(r["correct"]) for r in records if r["sample"] == "greedy"}
@@ -294,10 +289,6 @@ def compare_pair(a: list[dict], b: list[dict], n: int) -> dict:
 def main(cfg: CompareConfig) -> dict:
     """Answer, measure, compare and report; returns results.json's content."""
     from itertools import combinations
-
-    from rlpost.compare.report import write_report
-    from rlpost.config import check_path, save_config
-    from rlpost.distributed.cluster import init_ray
 
     for name, path in cfg.models.items():
         check_path(f"models.{name}", path)

@@ -16,9 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlpost.config import doc, run_command, save_config, section
-from rlpost.metrics import LoggingConfig
-from rlpost.trainer import DeepSpeedConfig, OptimConfig
+from rlpost.config import check_path, doc, run_command, save_config, section
+from rlpost.corpus import synthetic_corpus
+from rlpost.data import read_text_corpus
+from rlpost.metrics import LoggingConfig, MetricsLogger
+from rlpost.model import new_model, num_parameters, save_model
+from rlpost.tokenizer import EOS, load_tokenizer, train_tokenizer
+from rlpost.trainer import DeepSpeedConfig, DeepSpeedTrainer, OptimConfig, latest_checkpoint, train_lm
 
 
 @dataclass
@@ -64,8 +68,6 @@ class PretrainConfig:
 
 def pack_documents(tokenizer, docs: list[str], seq_len: int) -> list[tuple[list[int], list[int]]]:
     """Concatenate BOS doc EOS ... and cut into seq_len chunks; every token is trained on."""
-    from rlpost.tokenizer import EOS
-
     eos = tokenizer.convert_tokens_to_ids(EOS)
     stream: list[int] = []
     for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
@@ -74,14 +76,6 @@ def pack_documents(tokenizer, docs: list[str], seq_len: int) -> list[tuple[list[
 
 
 def main(cfg: PretrainConfig) -> Path:
-    from rlpost.config import check_path
-    from rlpost.corpus import synthetic_corpus
-    from rlpost.data import read_text_corpus
-    from rlpost.metrics import MetricsLogger
-    from rlpost.model import new_model, num_parameters, save_model
-    from rlpost.tokenizer import load_tokenizer, train_tokenizer
-    from rlpost.trainer import DeepSpeedTrainer, latest_checkpoint, train_lm
-
     for i, source in enumerate(cfg.data.corpus):
         check_path(f"data.corpus[{i}]", source)
     run_dir = Path(cfg.run_dir)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from rlpost.completions import Completion, sample_completions, score_completions
 from rlpost.config import doc
+from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
 from rlpost.tasks import Problem
+from rlpost.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -116,9 +118,6 @@ def evaluate_models(
     {model name: {config name: evaluate(...)}}. Weights are swapped in with a sync, not a restart."""
     import ray
     from safetensors.torch import load_file
-
-    from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
-    from rlpost.tokenizer import load_tokenizer
 
     first = next(iter(model_paths.values()))
     worker = start_rollout_workers(first, vllm_cfg or VLLMConfig(num_workers=1))[0]

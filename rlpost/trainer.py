@@ -24,7 +24,9 @@ import torch
 from tqdm import tqdm
 
 from rlpost.batching import collate, epoch_batches
-from rlpost.config import doc
+from rlpost.config import ConfigError, doc
+from rlpost.distributed.weight_sync import free_port
+from rlpost.model import bf16_is_native, load_model
 
 
 @dataclass
@@ -39,8 +41,6 @@ class OptimConfig:
 
     def validate(self):
         if self.schedule not in ("constant", "cosine"):
-            from rlpost.config import ConfigError
-
             raise ConfigError(f"optim.schedule: {self.schedule!r} is not one of ['constant', 'cosine']")
 
 
@@ -61,8 +61,6 @@ class DeepSpeedConfig:
     dist_backend: str = doc("torch.distributed backend: 'gloo' on CPU, 'nccl' on GPU.", "gloo")
 
     def validate(self):
-        from rlpost.config import ConfigError
-
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"deepspeed.zero_stage: {self.zero_stage} is not one of [0, 1, 2, 3]")
         if self.dist_backend not in ("gloo", "nccl"):
@@ -130,13 +128,9 @@ class DeepSpeedTrainer:
         e.g. a reward model with a score head; only its parameters with requires_grad train)."""
         import deepspeed
 
-        from rlpost.model import bf16_is_native, load_model
-
         torch.set_num_threads(deepspeed_cfg.threads)
         torch.manual_seed(seed + rank)
         if master_port is None:  # a single local rank: any free port will do
-            from rlpost.distributed.weight_sync import free_port
-
             master_port = free_port()
         init_distributed(rank, deepspeed_cfg.world_size, master_addr, master_port, deepspeed_cfg.dist_backend)
         self.rank = rank

@@ -14,8 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from rlpost.completions import sample_completions
+from rlpost.data import read_jsonl
 from rlpost.distributed.cluster import init_ray
 from rlpost.distributed.engine import VLLMConfig, start_rollout_workers
+from rlpost.rlhf.rankings import ranking_from_record
+from rlpost.tasks import make_problems
 from rlpost.tokenizer import load_tokenizer
 
 
@@ -28,14 +31,9 @@ def candidates_path_for(out: str | Path) -> Path:
 def load_prompts(spec: dict[str, int] | str) -> list[dict]:
     """[{"prompt", "answer"?}] from a {task: count} spec (RL split) or a JSONL file."""
     if isinstance(spec, dict):
-        from rlpost.tasks import make_problems
-
         return [
             {"prompt": p.prompt, "answer": p.answer} for task, n in spec.items() for p in make_problems(task, "rl", n)
         ]
-    from rlpost.data import read_jsonl
-    from rlpost.rlhf.rankings import ranking_from_record
-
     items = []
     for lineno, record in read_jsonl(spec):
         if not isinstance(record, dict) or "prompt" not in record:
@@ -112,9 +110,6 @@ def sample_candidates(
 
 def read_candidates(path: str | Path) -> list[dict]:
     """The records of a candidates file; a bad prompt or response fails naming file and line."""
-    from rlpost.data import read_jsonl
-    from rlpost.rlhf.rankings import ranking_from_record
-
     records, ids = [], set()
     for lineno, r in read_jsonl(path):
         if not isinstance(r, dict) or "id" not in r or r["id"] in ids:
