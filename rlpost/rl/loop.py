@@ -124,17 +124,9 @@ class RLRun:
         while len(self.in_flight) < 1 + cfg.async_.max_staleness:
             start = self.in_flight[-1].cursor if self.in_flight else self.cursor
             problems = problems_at(self.pool, start, cfg.rollout.prompts_per_step, cfg.seed)
-            self.in_flight.append(
-                submit_rollouts(
-                    self.actors,
-                    self.tokenizer,
-                    problems,
-                    cfg.rollout,
-                    cfg.tools,
-                    cursor=start + len(problems),
-                    version=self.version,
-                )  # fmt: skip
-            )
+            rollouts = submit_rollouts(self.actors, self.tokenizer, problems, cfg.rollout, cfg.tools,
+                                       cursor=start + len(problems), version=self.engine_version)  # fmt: skip
+            self.in_flight.append(rollouts)
         return self.in_flight.popleft()
 
     def train_step(self) -> dict:
