@@ -2,14 +2,15 @@
 
     prompts     problems_at(pool, cursor, ...)        the next practice problems (pure in the cursor)
     rollouts    sample_groups(actors, ...)            n samples per prompt from the vLLM engines
+                (submit_rollouts + gather_rollouts;   asynchronous RL submits ahead and gathers later)
     rewards     score(actors, ...)                    reward workers: weighted total, verifier, errors
                 collect_groups(...)                   the two above, in refill rounds, merged
     advantages  the recipe's update                   GRPO: recipes/grpo.py (build_trajectories); PPO:
                                                       recipes/ppo.py with rlpost/rl/ppo_steps.py
     update      actors.learners.call("train", ...)    rlpost/rl/learner.py
     sync        actors.sync_weights()                 rlpost/rl/actors.py
-    metrics     step_metrics(samples, ...)             computed once from the step's merged samples
-    monitor     monitor_signals(samples, ...)          what rlpost/rl/monitor.py reads; the canaries
+    metrics     step_metrics(samples, ...)            computed once from the step's merged samples
+    monitor     monitor_signals(samples, ...)         what rlpost/rl/monitor.py reads; the canaries
                                                       and the judge are scored in collect_groups
 
 Their config sections live in rlpost/rl/config.py.
