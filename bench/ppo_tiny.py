@@ -1,20 +1,23 @@
-"""PPO (with a critic) vs GRPO vs equal-wall-time SFT on the tiny model, from the same SFT model.
+"""What PPO's critic costs: PPO and GRPO from the same SFT model, back to back in one run.
 
-    .venv/bin/python bench/ppo_tiny.py [--rerun-grpo]   (after `make quickstart` and bench/grpo_tiny.py)
+    .venv/bin/python bench/ppo_tiny.py [--minutes 10]        (after `make quickstart`)
 
-1. PPO (recipes/configs/ppo_tiny.yaml: 10 minutes, the same 256 samples per step as GRPO, the
-   critic started from the policy) from the SFT model.
-2. GRPO's 10-minute run and its equal-wall-time SFT baseline come from bench/grpo_tiny.py's run
-   folders (runs/bench_grpo, runs/bench_sft_equal_time), made from the same SFT model; they are
-   re-run here when missing or with --rerun-grpo.
-3. Every model on the same 1000 held-out arithmetic problems: sampled pass@1 (temperature 1, mean
-   over 4 samples) and greedy accuracy, in one evaluation so they see identical prompts.
-Writes bench/results/ppo_tiny.json: the accuracies, steps, and the median seconds of each phase
-of a step (what the critic costs).
+1. PPO (recipes/configs/ppo_tiny.yaml: 256 samples a step, the critic started from the policy,
+   the learner and the critic side by side on a core each) for `--minutes`.
+2. GRPO (recipes/configs/grpo_tiny.yaml: 64 prompts × 4 = the same 256 samples a step) for as long.
+   It trains only the groups whose rewards differ (`algo.drop_zero_variance_groups`).
+3. GRPO trained on every sample of the same batch (`--algo.drop_zero_variance_groups false`),
+   the like-for-like step: PPO trains every sample too.
+4. The SFT model and every run's model on the same 1000 held-out arithmetic problems: sampled
+   pass@1 (temperature 1, mean over 4 samples) and greedy accuracy, in one evaluation.
+Writes bench/results/ppo_tiny.json: the accuracies, steps, the median seconds of each phase of a
+step (the first step, which compiles and warms up, left out), and PPO's step over each GRPO's.
+The equal-wall-time SFT baseline of the RL runs is bench/grpo_tiny.py's.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
@@ -25,21 +28,45 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SFT_MODEL = ROOT / "runs/sft_tiny/model"
-PPO_DIR, GRPO_DIR, SFT_MORE_DIR = ROOT / "runs/bench_ppo", ROOT / "runs/bench_grpo", ROOT / "runs/bench_sft_equal_time"
-PHASES = ("rollout", "reward", "logprobs_values", "critic", "train", "sync", "step")
+RUNS = ROOT / "runs/bench_ppo"
+PHASES = ("rollout", "reward", "logprobs_values", "critic", "train", "update", "sync", "step")
+VARIANTS = {
+    "ppo": ["recipes/ppo.py", "--config", "recipes/configs/ppo_tiny.yaml"],
+    "grpo": ["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml"],
+    "grpo_every_sample": [
+        "recipes/grpo.py",
+        "--config",
+        "recipes/configs/grpo_tiny.yaml",
+        "--algo.drop_zero_variance_groups",
+        "false",
+    ],  # fmt: skip
+}
 
 
-def run(args: list[str]) -> None:
+def train(name: str, minutes: float) -> Path:
+    run_dir = RUNS / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: start fresh
+    args = [*VARIANTS[name], "--model_path", str(SFT_MODEL), "--run_dir", str(run_dir),
+            "--train.max_minutes", str(minutes), "--train.eval_every", "0", "--logging.wandb_mode", "disabled"]  # fmt: skip
     print("$ python " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
+    with open(f"{run_dir}.log", "w") as log:
+        subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return run_dir
 
 
-def phase_medians(run_dir: Path) -> tuple[int, float, dict]:
+def phase_medians(run_dir: Path) -> dict:
     from rlpost.metrics import read_metrics
 
     steps = [m for m in read_metrics(run_dir) if "time/step" in m]
-    by_phase = {p: round(statistics.median(m.get(f"time/{p}", 0.0) or 0.0 for m in steps), 3) for p in PHASES}
-    return len(steps), round(sum(m["time/step"] for m in steps) / 60, 2), by_phase
+    timed = steps[1:] or steps
+    return {
+        "steps": len(steps),
+        "rl_minutes": round(sum(m["time/step"] for m in steps) / 60, 2),
+        "samples_trained_mean": round(statistics.fmean(m["samples_trained"] for m in steps), 1),
+        "step_time_s_by_phase": {
+            p: round(statistics.median(m.get(f"time/{p}", 0.0) or 0.0 for m in timed), 3) for p in PHASES
+        },
+    }
 
 
 def main() -> None:
@@ -49,15 +76,14 @@ def main() -> None:
     from rlpost.metrics import write_bench_result
     from rlpost.tasks import EVAL_POOL, make_problems
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall-time budget of each RL run")
+    args = parser.parse_args()
     apply_cache_env()
     if not SFT_MODEL.exists():
         raise SystemExit(f"{SFT_MODEL} is missing: run `make quickstart` first")
     start = time.time()
-    if "--rerun-grpo" in sys.argv or not (GRPO_DIR / "model").exists() or not (SFT_MORE_DIR / "model").exists():
-        run(["bench/grpo_tiny.py"])  # GRPO and its equal-time SFT baseline, with its own result file
-    shutil.rmtree(PPO_DIR, ignore_errors=True)  # metrics.jsonl appends: start fresh
-    run(["recipes/ppo.py", "--config", "recipes/configs/ppo_tiny.yaml", "--model_path", str(SFT_MODEL),
-         "--run_dir", str(PPO_DIR)])  # fmt: skip
+    run_dirs = {name: train(name, args.minutes) for name in VARIANTS}
 
     init_ray()
     problems = make_problems("arithmetic", "eval", EVAL_POOL)
@@ -65,25 +91,21 @@ def main() -> None:
         "sampled": EvalConfig(temperature=1.0, samples=4, max_new_tokens=128),
         "greedy": EvalConfig(temperature=0.0, samples=1, max_new_tokens=128),
     }
-    models = {
-        "sft": SFT_MODEL,
-        "ppo": PPO_DIR / "model",
-        "grpo": GRPO_DIR / "model",
-        "sft_equal_time": SFT_MORE_DIR / "model",
-    }
+    models = {"sft": SFT_MODEL, **{name: d / "model" for name, d in run_dirs.items()}}
     results = evaluate_models({k: str(v) for k, v in models.items()}, problems, configs)
-    runs = {}
-    for name, run_dir in (("ppo", PPO_DIR), ("grpo", GRPO_DIR)):
-        steps, minutes, by_phase = phase_medians(run_dir)
-        runs[name] = {"steps": steps, "rl_minutes": minutes, "step_time_s_by_phase": by_phase}
+    runs = {name: phase_medians(d) for name, d in run_dirs.items()}
+    ppo_step = runs["ppo"]["step_time_s_by_phase"]["step"]
     metrics = {
         "accuracy": {
             name: {mode: r.accuracy["arithmetic"] for mode, r in res.items()} for name, res in results.items()
         },
         "runs": runs,
+        "ppo_step_over": {
+            name: round(ppo_step / runs[name]["step_time_s_by_phase"]["step"], 2)
+            for name in ("grpo", "grpo_every_sample")
+        },
+        "minutes_each": args.minutes,
         "eval": f"{EVAL_POOL} held-out arithmetic problems; sampled = temperature 1, mean over 4 samples (pass@1)",
-        "note": "GRPO and SFT-equal-time come from bench/grpo_tiny.py's runs of the same SFT model, made at "
-        "another time on this shared box; compare steps per minute with that in mind",
     }
     write_bench_result("ppo_tiny", metrics, time.time() - start)
     print(json.dumps(metrics, indent=2))

@@ -12,6 +12,7 @@ before completion token t + 1 (the head's output at position t).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -128,12 +129,13 @@ class Critic(Learner):
 
     def train(self, trajectories: list[Trajectory]) -> dict:
         """The critic's update on trajectories carrying `values` (rollout time) and `returns`;
-        metrics named critic/*."""
+        metrics named critic/*, and this rank's seconds as time/critic."""
+        t0 = time.perf_counter()
         batch = self.trainer.to_device(
             pack(shard(trajectories, self.rank, self.world_size), self.tokenizer.pad_token_id)
         )
         out = self._update(batch, math.ceil(len(trajectories) / self.world_size), None, None, 1.0)
-        return {f"critic/{k}": v for k, v in out.items()}
+        return {**{f"critic/{k}": v for k, v in out.items()}, "time/critic": time.perf_counter() - t0}
 
     def _micro_batch_loss(self, batch, idx, *_policy_inputs):
         clip = self.critic_cfg.value_clip
