@@ -2,6 +2,7 @@
 the same minutes of RL.
 
     .venv/bin/python bench/async_tiny.py [--minutes 10]      (after `make quickstart`)
+    .venv/bin/python bench/async_tiny.py --steps 40 --staleness 0 1     accuracy at equal steps
 
 For each staleness N the GRPO recipe (recipes/configs/grpo_tiny.yaml; loss.tis_cap 2 corrects the
 stale samples when N >= 1) runs `--minutes` of RL, then every model answers the 1,000 held-out
@@ -18,7 +19,8 @@ little. Two more numbers say what it would buy elsewhere:
   step at N >= 1 takes max(G, R + T + S + O) instead of G + R + T + S + O, where G is generation
   (time/rollout + time/tool), R scoring (time/reward + time/canaries), T training (time/train), S the
   weight sync and O the rest, all medians of the N = 0 run; steps per minute = 60 / that.
-Writes bench/results/async_tiny.json.
+Writes bench/results/async_tiny.json, or with `--steps` (every run the same number of steps,
+no time limit) bench/results/async_tiny_equal_steps.json.
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ STALENESS = (0, 1, 2)
 PHASES = ("rollout", "tool", "reward", "canaries", "train", "sync", "wait_rollout", "step")
 
 
-def run_grpo(staleness: int, minutes: float) -> Path:
+def run_grpo(staleness: int, minutes: float, steps: int) -> Path:
     run_dir = ROOT / f"runs/bench_async_{staleness}"
     shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: a fresh run
     args = ["recipes/grpo.py", "--config", "recipes/configs/grpo_tiny.yaml", "--model_path", str(SFT_MODEL),
-            "--run_dir", str(run_dir), "--train.max_minutes", str(minutes), "--train.steps", "100000",
+            "--run_dir", str(run_dir), "--train.max_minutes", str(minutes), "--train.steps", str(steps),
             "--train.eval_every", "0", "--logging.wandb_mode", "disabled", "--async.max_staleness", str(staleness),
             *(["--loss.tis_cap", "2.0"] if staleness else [])]  # fmt: skip
     print("$ python " + " ".join(args), flush=True)
@@ -95,13 +97,18 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=0, help="run each N this many steps instead of --minutes")
+    parser.add_argument("--staleness", type=int, nargs="+", default=list(STALENESS), help="the N to run (with 0)")
     args = parser.parse_args()
+    if 0 not in args.staleness:
+        parser.error("--staleness: include 0, the on-policy run the others are measured against")
+    minutes, step_limit = (0.0, args.steps) if args.steps else (args.minutes, 100000)
     apply_cache_env()
     if not SFT_MODEL.exists():
         raise SystemExit(f"{SFT_MODEL} is missing: run `make quickstart` first")
     start, runs = time.time(), {}
-    for n in STALENESS:
-        steps = [m for m in read_metrics(run_grpo(n, args.minutes)) if "time/step" in m]
+    for n in args.staleness:
+        steps = [m for m in read_metrics(run_grpo(n, minutes, step_limit)) if "time/step" in m]
         phases = phase_medians(steps)
         mismatch = [m["mismatch/kl"] for m in steps if "mismatch/kl" in m]
         runs[n] = {
@@ -113,20 +120,20 @@ def main() -> None:
             "logprob_gap_median": statistics.median(m["logprob_gap"] for m in steps if "logprob_gap" in m),
         }
     sequential = sum(runs[0]["phase_median_s"][p] for p in ("rollout", "tool", "reward", "canaries", "train", "sync"))
-    for n in STALENESS[1:]:
+    for n in (n for n in args.staleness if n):
         step = runs[n]["phase_median_s"]["step"]
         runs[n]["overlap_share_estimate"] = round(max(0.0, sequential - step) / step, 3)
     accuracy = held_out_accuracy(
-        {"sft": SFT_MODEL, **{f"staleness_{n}": ROOT / f"runs/bench_async_{n}/model" for n in STALENESS}}
+        {"sft": SFT_MODEL, **{f"staleness_{n}": ROOT / f"runs/bench_async_{n}/model" for n in args.staleness}}
     )
     metrics = {
-        "minutes_each": args.minutes,
+        **({"steps_each": args.steps} if args.steps else {"minutes_each": args.minutes}),
         "runs": {str(n): r for n, r in runs.items()},
         "projection_own_devices": projection(runs[0]["phase_median_s"]),
         "held_out_accuracy": accuracy,
         "eval": "1000 held-out arithmetic problems, one greedy and one sampled (T = 1) answer each; 95 % bootstrap CI",
     }
-    write_bench_result("async_tiny", metrics, time.time() - start)
+    write_bench_result("async_tiny_equal_steps" if args.steps else "async_tiny", metrics, time.time() - start)
     print(json.dumps(metrics, indent=2))
 
 
