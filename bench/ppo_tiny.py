@@ -46,6 +46,7 @@ VARIANTS = {
 def train(name: str, minutes: float) -> Path:
     run_dir = RUNS / name
     shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: start fresh
+    RUNS.mkdir(parents=True, exist_ok=True)
     args = [*VARIANTS[name], "--model_path", str(SFT_MODEL), "--run_dir", str(run_dir),
             "--train.max_minutes", str(minutes), "--train.eval_every", "0", "--logging.wandb_mode", "disabled"]  # fmt: skip
     print("$ python " + " ".join(args), flush=True)

@@ -192,9 +192,10 @@ def score_all(forward, rendered: list, pad_id: int, mean: bool, micro_batch: int
 
 def reference_logps(trainer, rendered: list, cfg: DPOConfig, name: str) -> list[torch.Tensor]:
     """The starting policy's log-probs of `rendered`, computed once and cached in the run folder
-    (a resumed run's model has moved: it must read them back, not recompute them)."""
+    (a resumed run's model has moved: it must read them back, not recompute them). A fresh run
+    recomputes them: a file left by an earlier run may hold other data's log-probs."""
     path = Path(cfg.run_dir) / f"reference_logps_{name}.pt"
-    if path.exists():
+    if cfg.resume and path.exists():
         return torch.load(path)
     trainer.train_mode(False)
     pad = trainer.model_config.pad_token_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers import metrics, run_recipe, simulated_rankings
 
 pytestmark = pytest.mark.slow
@@ -25,6 +26,8 @@ def dpo_args(model, rankings, run_dir, *extra) -> list[str]:
 def dpo_run(sft_run, tmp_path_factory):
     rankings = simulated_rankings(tmp_path_factory.mktemp("rankings") / "simulated.jsonl", 80)
     run_dir = tmp_path_factory.mktemp("dpo")
+    # Left by an earlier run in the same folder: a fresh run recomputes instead of reading it.
+    torch.save("stale", run_dir / "reference_logps_train.pt")
     run_recipe("dpo.py", dpo_args(sft_run / "model", rankings, run_dir, "--train.steps", "2"))
     cached = (run_dir / "reference_logps_train.pt").stat().st_mtime
     resumed = run_recipe("dpo.py", dpo_args(sft_run / "model", rankings, run_dir, "--train.steps", "8", "--resume"))
