@@ -33,11 +33,8 @@ hacking: PPO without a KL leash against a weak reward model (100 ranked prompts)
     preference's first key) peaked, where it had fallen 5 points below that peak, where each
     monitor alarm first fired, and the monitor's printed samples at that moment.
 
-The reward-model recipe splits off its held-out prompts with the run's seed, so members of seeds
-1 and 2 would hold out other prompts than member 0: every reward model here trains on a file of
-the 1,000 training prompts only, of which the recipe holds out `MEMBER_HELD_OUT` (chosen by the
-seed, so a member trains on 995 of the same 1,000; a weak one on the first 100 it keeps), and is
-scored here on the common 200 held-out rankings.
+Every reward model, DPO and the held-out scoring here share one split (split seed 0): the members
+of an ensemble differ only in `seed` (`--data.split_seed 0`).
 """
 
 from __future__ import annotations
@@ -70,36 +67,35 @@ RUN = ROOT / "runs/bench_rlhf"
 CANDIDATES = ROOT / "runs/bench_reward_model_tiny/candidates.jsonl"  # shared with bench/reward_model_tiny.py
 PROMPTS, HELD_OUT, K, EVAL_PROBLEMS = 1200, 200, 5, 500
 TRAIN_PROMPTS, WEAK_PROMPTS = PROMPTS - HELD_OUT, 100
-SEEDS, MEMBER_HELD_OUT = (0, 1, 2), 5
+SEEDS = (0, 1, 2)
 HIDDEN = "rlpost.rlhf.simulated_labeler:hidden_preference_reward"
 HIDDEN_KEY = "reward/hidden_preference_reward"
 LABELER_NOTE = f"{LABELER} (a scripted preference, not a person)"
 
 
-def rankings() -> tuple[Path, Path, list]:
+def rankings() -> tuple[Path, list]:
     """The SFT model's answers ranked by the simulated labeler (sampling cached): the file of every
-    ranking, the file of the training prompts' rankings, and the held-out rankings."""
+    ranking, and the held-out rankings (split seed 0)."""
     candidates = sample_candidates(
         str(SFT_MODEL), load_prompts({"arithmetic": PROMPTS}), K, CANDIDATES, max_new_tokens=128
     )
-    everything, training = RUN / "rankings.jsonl", RUN / "rankings_train.jsonl"
+    everything = RUN / "rankings.jsonl"
     everything.parent.mkdir(parents=True, exist_ok=True)
     everything.write_text(
         "".join(json.dumps(label(c["prompt"], c["responses"], c["answer"])) + "\n" for c in candidates)
     )
-    train_set, held_out = split_by_prompt(load_rankings(everything), HELD_OUT, seed=0)  # DPO's split, seed 0
-    training.write_text("".join(json.dumps(r.to_record()) + "\n" for r in train_set))
-    return everything, training, held_out
+    _, held_out = split_by_prompt(load_rankings(everything), HELD_OUT, seed=0)  # the recipes' split, seed 0
+    return everything, held_out
 
 
-def reward_model(name: str, training: Path, prompts: int, epochs: float, seed: int, synthetic: bool) -> Path:
+def reward_model(name: str, everything: Path, prompts: int, epochs: float, seed: int, synthetic: bool) -> Path:
     """A Plackett–Luce reward model on the first `prompts` training prompts (kept when already trained)."""
     run_dir = RUN / name
     if not (run_dir / "model").exists():
         recipe = load_recipe("reward_model")
         cfg = load_config(recipe.RewardModelConfig, [
             "--config", "recipes/configs/reward_model_tiny.yaml", "--model_path", str(SFT_MODEL),
-            "--run_dir", str(run_dir), "--data.files", f"[{training}]", "--data.held_out", str(MEMBER_HELD_OUT),
+            "--run_dir", str(run_dir), "--data.files", f"[{everything}]", "--data.held_out", str(HELD_OUT), "--data.split_seed", "0",
             "--data.max_train_prompts", str(prompts), "--data.synthetic_negatives", str(synthetic).lower(),
             "--seed", str(seed), "--loss.type", "plackett_luce", "--train.epochs", str(epochs),
             "--logging.wandb_mode", "disabled",
@@ -108,9 +104,9 @@ def reward_model(name: str, training: Path, prompts: int, epochs: float, seed: i
     return run_dir / "model"
 
 
-def ensemble(name: str, training: Path, prompts: int, epochs: float) -> list[Path]:
+def ensemble(name: str, everything: Path, prompts: int, epochs: float) -> list[Path]:
     """One hardened reward model per seed of `SEEDS` (synthetic negatives), on the same prompts."""
-    return [reward_model(f"{name}/seed_{seed}", training, prompts, epochs, seed, True) for seed in SEEDS]
+    return [reward_model(f"{name}/seed_{seed}", everything, prompts, epochs, seed, True) for seed in SEEDS]
 
 
 def reward_spec(paths: list[Path]) -> str:
@@ -162,8 +158,8 @@ def series(steps: list[dict], key: str) -> list[float | None]:
 
 
 def pipeline(minutes: float) -> dict:
-    everything, training, held_out = rankings()
-    members = ensemble("reward_model", training, TRAIN_PROMPTS, epochs=1)
+    everything, held_out = rankings()
+    members = ensemble("reward_model", everything, TRAIN_PROMPTS, epochs=1)
     dpo_model, dpo_result = dpo(everything)
     reward = reward_spec(members)
     runs = {
@@ -185,7 +181,6 @@ def pipeline(minutes: float) -> dict:
         "reward_model": {
             "members": len(members),
             "training_prompts": TRAIN_PROMPTS,
-            "member_held_out_by_recipe": MEMBER_HELD_OUT,
             "loss": "plackett_luce",
             "synthetic_negatives": True,
             "reward": f"mean − {PENALTY}·std of the members' normalised scores",
@@ -260,10 +255,10 @@ def hacking_report(steps: list[dict], log: Path) -> dict:
 
 
 def hacking(minutes: float) -> dict:
-    _, training, held_out = rankings()
-    weak = reward_model("weak_reward_model", training, WEAK_PROMPTS, epochs=8, seed=0, synthetic=False)
-    weak_members = ensemble("weak_reward_model_hardened", training, WEAK_PROMPTS, epochs=8)
-    judge = ensemble("reward_model", training, TRAIN_PROMPTS, epochs=1)  # the pipeline's
+    everything, held_out = rankings()
+    weak = reward_model("weak_reward_model", everything, WEAK_PROMPTS, epochs=8, seed=0, synthetic=False)
+    weak_members = ensemble("weak_reward_model_hardened", everything, WEAK_PROMPTS, epochs=8)
+    judge = ensemble("reward_model", everything, TRAIN_PROMPTS, epochs=1)  # the pipeline's
     report = {
         "labeler": LABELER_NOTE,
         "weak_reward_model": {"ranked_prompts": WEAK_PROMPTS, "held_out": reward_models_held_out([weak], held_out)},

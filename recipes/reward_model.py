@@ -61,6 +61,11 @@ class RMData:
         [],
     )
     held_out: float = doc("Held-out prompts: a fraction if below 1, else a number of prompts.", 0.1)
+    split_seed: int = doc(
+        "Seed of the train/held-out split; -1: the run's `seed`. The members of an ensemble share one split "
+        "and differ in `seed`.",
+        -1,
+    )
     max_train_prompts: int = doc("Train on at most this many training prompts (0: all), e.g. for learning curves.", 0)
     max_tokens: int = doc("Tokens of a rendered prompt + response; longer ones keep their last tokens.", 512)
     synthetic_negatives: bool = doc(
@@ -110,7 +115,7 @@ class RewardModelConfig:
     )
     run_dir: str = doc("Output folder of this run.", "runs/reward_model_tiny")
     resume: bool = doc("Continue from the latest checkpoint in run_dir.", False)
-    seed: int = doc("Seed of the split, the data order and the new score head.", 0)
+    seed: int = doc("Seed of the data order, the new score head and (unless data.split_seed) the split.", 0)
     data: RMData = section(RMData)
     loss: RMLoss = section(RMLoss)
     train: RMTrain = section(RMTrain)
@@ -214,7 +219,8 @@ def main(cfg: RewardModelConfig) -> dict:
         check_path(f"data.files[{i}]", path)
     run_dir = Path(cfg.run_dir)
     save_config(cfg, run_dir / "config.yaml")
-    train_set, eval_set = split_rankings(cfg.data, cfg.seed, cfg.train.batch_size)
+    split_seed = cfg.seed if cfg.data.split_seed < 0 else cfg.data.split_seed
+    train_set, eval_set = split_rankings(cfg.data, split_seed, cfg.train.batch_size)
     tokenizer = load_tokenizer(cfg.model_path)
     model, trainable = build_reward_model(cfg, tokenizer)
     pad = model.config.pad_token_id

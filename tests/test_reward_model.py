@@ -59,9 +59,10 @@ def reward_run(pretrained, rankings_file, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def synthetic_run(pretrained, rankings_file, tmp_path_factory):
-    """A second reward model: another seed, with synthetic negatives in its rankings."""
+    """A second reward model, as an ensemble's member: another seed on the same split (split seed 0),
+    with synthetic negatives in its rankings."""
     run_dir = tmp_path_factory.mktemp("reward_model_synthetic")
-    extra = ["--train.epochs", "1", "--seed", "1", "--data.synthetic_negatives", "true"]
+    extra = ["--train.epochs", "1", "--seed", "1", "--data.split_seed", "0", "--data.synthetic_negatives", "true"]
     run_recipe("reward_model.py", rm_args(pretrained / "model", rankings_file, run_dir, *extra))
     return run_dir
 
@@ -79,6 +80,14 @@ def test_synthetic_negatives_are_the_worst_tier_and_the_card_says_so(synthetic_r
     card = json.loads((synthetic_run / "model" / "reward_card.json").read_text())
     assert card["trained"]["synthetic_negatives"] == ["repeat", "empty", "echo", "truncated"]
     assert card["normalization"]["samples"] <= 4 * 240  # over the labelled answers only
+
+
+def test_an_ensemble_member_of_another_seed_trains_on_the_split_seed_s_prompts(synthetic_run, rankings_file):
+    # Normalised over its labelled training answers: those of split seed 0, not of its own seed 1.
+    norm = json.loads((synthetic_run / "model" / "reward_card.json").read_text())["normalization"]
+    for split_seed, same in ((0, True), (1, False)):
+        _, scores = training_scores(synthetic_run, rankings_file, split_seed)
+        assert (norm["mean"] == pytest.approx(sum(scores) / len(scores), abs=1e-4)) is same, split_seed
 
 
 def test_the_recipe_learns_the_preference_and_reports_baselines(reward_run):
@@ -121,9 +130,20 @@ def test_saved_folder_loads_with_transformers_and_scores_like_the_recipe(reward_
     assert len(set(round(s, 4) for s in ours)) > 1
 
 
+def training_scores(run_dir, rankings_file, split_seed: int):
+    """The reward model's scorer and its raw scores of every response of the training prompts
+    of the split made with `split_seed` (60 prompts held out)."""
+    from rlpost.rlhf.rankings import read_rankings, split_by_prompt
+    from rlpost.rlhf.reward_model import RewardScorer
+
+    train, _ = split_by_prompt(read_rankings(rankings_file), 60, seed=split_seed)
+    responses = [(r.prompt, text) for r in train for text in r.responses]
+    scorer = RewardScorer(run_dir / "model", batch_size=64)
+    return scorer, scorer.score([p for p, _ in responses], [t for _, t in responses])
+
+
 def test_reward_card_describes_the_model(reward_run, rankings_file):
-    from rlpost.rlhf.rankings import read_rankings
-    from rlpost.rlhf.reward_model import RewardScorer, read_card
+    from rlpost.rlhf.reward_model import read_card
     from rlpost.rlhf.simulated_labeler import LABELER
 
     run_dir, _ = reward_run
@@ -136,15 +156,7 @@ def test_reward_card_describes_the_model(reward_run, rankings_file):
     config = json.loads((run_dir / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == 3 and len(config["id2label"]) == 1
     # Normalisation statistics: those of the training responses (all 960 fit in the sample).
-    from rlpost.rlhf.rankings import split_by_prompt
-
-    train, _ = split_by_prompt(read_rankings(rankings_file), 60, seed=0)
-    train_keys = {r.prompt_key for r in train}
-    responses = [
-        (r.prompt, resp) for r in read_rankings(rankings_file) if r.prompt_key in train_keys for resp in r.responses
-    ]
-    scorer = RewardScorer(run_dir / "model", batch_size=64)
-    scores = scorer.score([p for p, _ in responses], [r for _, r in responses])
+    scorer, scores = training_scores(run_dir, rankings_file, split_seed=0)
     mean = sum(scores) / len(scores)
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
     norm = card["normalization"]
