@@ -95,8 +95,8 @@ def judge_held_out_pairs(judge_cfg: dict, card: dict, path: Path) -> dict:
 
 
 def train_dpo(pairs: Path, run_dir: Path) -> tuple[dict, list, list]:
-    """DPO from SmolLM2-135M-Instruct on `pairs` (a fresh run: the recipe reuses cached reference
-    log-probs found in its run folder); the recipe's result, and its training and held-out rankings."""
+    """DPO from SmolLM2-135M-Instruct on `pairs`, in a fresh run folder; the recipe's result, and
+    its training and held-out rankings."""
     shutil.rmtree(run_dir, ignore_errors=True)
     recipe = load_recipe("dpo")
     cfg = load_config(
