@@ -7,8 +7,7 @@
 2. The SIMULATED labeler (`rlpost.rlhf.simulated_labeler`, recorded as "simulated:arithmetic_grader")
    orders each prompt's 5 answers by a hidden preference: correct first; then sound text; then
    work shown, with fewer bad steps; a stated unit and brevity break ties. The reward models see
-   only the rankings. (The README's numbers were made with the earlier preference,
-   "simulated:arithmetic_preference", and say so.)
+   only the rankings.
 3. 200 prompts are held out; reward models are trained on the first 100 / 300 / 1,000 of the
    other prompts with (a) all pairs of each ranking, (b) Plackett–Luce, (c) only the best-vs-worst
    pair of each ranking — all for the same number of optimizer steps.
