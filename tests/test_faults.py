@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers import GRPO_TINY_ARGS, ROOT, alive, descendants, grpo_config, metrics, private_ray_env
+from tqdm import tqdm
 
 from rlpost.config import load_recipe
 
@@ -186,6 +187,9 @@ def test_a_lost_learner_rank_stops_the_run_and_resume_continues_it(run_a, run_b)
     message = str(error)
     assert "learner rank 0 died" in message and "rerun with --resume" in message
     assert str(run_dir) in message and "step_1" in message
+    # The stopped run's progress bar is closed, though its error (and so its frames) is still held:
+    # an open one would make every later bar in the process draw as a nested one.
+    assert not [bar for bar in tqdm._instances if bar.desc == "grpo"]
     out, _, _ = run_b
     assert "resumed from step 1" in out
     # Step 2 again, with the prompts an undisturbed run samples.

@@ -183,21 +183,22 @@ class RLRun:
                                 **(self.judge_held_out() if self.keeps_best else {})})  # fmt: skip
         start = time.time()
         by_time = cfg.max_minutes > 0  # a run bounded by minutes shows minutes; otherwise steps
-        bar = tqdm(total=cfg.max_minutes if by_time else cfg.steps, initial=0 if by_time else self.step,
-                   desc=self.algorithm.name, unit="min" if by_time else "step",
-                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} {unit} {postfix}" if by_time else None)  # fmt: skip
         saved_at = self.step
-        while self.step < cfg.steps and not self.monitor.stop:
-            if by_time and time.time() - start > 60 * cfg.max_minutes:
-                print(f"stopping after {cfg.max_minutes} minutes of RL (step {self.step})")
-                break
-            metrics = self.train_step()
-            if "time/checkpoint" in metrics:
-                saved_at = self.step
-            bar.update(min(cfg.max_minutes, (time.time() - start) / 60) - bar.n if by_time else 1)
-            bar.set_postfix(step=self.step, reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                            kept=metrics["samples_trained"], s=f"{metrics['time/step']:.1f}")  # fmt: skip
-        bar.close()
+        # A context manager: a step that raises (a lost actor) must not leave the bar registered,
+        # or every later bar in the process is drawn as a nested one.
+        with tqdm(total=cfg.max_minutes if by_time else cfg.steps, initial=0 if by_time else self.step,
+                  desc=self.algorithm.name, unit="min" if by_time else "step",
+                  bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} {unit} {postfix}" if by_time else None) as bar:  # fmt: skip
+            while self.step < cfg.steps and not self.monitor.stop:
+                if by_time and time.time() - start > 60 * cfg.max_minutes:
+                    print(f"stopping after {cfg.max_minutes} minutes of RL (step {self.step})")
+                    break
+                metrics = self.train_step()
+                if "time/checkpoint" in metrics:
+                    saved_at = self.step
+                bar.update(min(cfg.max_minutes, (time.time() - start) / 60) - bar.n if by_time else 1)
+                bar.set_postfix(step=self.step, reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
+                                kept=metrics["samples_trained"], s=f"{metrics['time/step']:.1f}")  # fmt: skip
         if saved_at != self.step:
             self.save_checkpoint()  # so a run stopped by steps or minutes resumes from exactly here
         self.actors.learners.call("save_hf", str(self.run_dir / "model"))
